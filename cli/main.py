@@ -1,0 +1,240 @@
+"""The ``landscape`` command line: parse, call the library, print. No math here."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import click
+import typer
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from landscape.errors import UserError, one_line
+
+app = typer.Typer(
+    name="landscape",
+    help="Loss-landscape diagnostics for PyTorch checkpoints: Hessian, GGN and functional-Hessian spectra, "
+    "traces, densities and the Functional-SAM sharpness split.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    add_completion=False,
+)
+out_console = Console()
+err_console = Console(stderr=True)
+DEBUG = {"on": False}
+
+
+@contextmanager
+def stage_progress(enabled: bool) -> Iterator[Callable[[str], None]]:
+    """A transient spinner on stderr showing the current stage and elapsed time."""
+    if not enabled:
+        yield lambda _label: None
+        return
+    with Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err_console, transient=True
+    ) as progress:
+        task = progress.add_task("starting", total=None)
+        yield lambda label: progress.update(task, description=label)
+
+
+def _fmt(value: Any, err: Any = None) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        text = f"{value:.6g}"
+        if err is not None:
+            text += f" ± {err:.2g}"
+        return text
+    return str(value)
+
+
+def summary_table(result: Any) -> Table:
+    """The rich table printed after ``analyze``."""
+    table = Table(title="curvature summary", show_header=True, header_style="bold")
+    table.add_column("quantity")
+    table.add_column("value", justify="right")
+    table.add_column("note")
+    r = result
+    rows = [
+        ("loss", _fmt(r.loss), f"{r.num_samples} samples, {r.num_targets} targets, {r.mode}"),
+        ("||grad L||", _fmt(r.grad_norm), f"{r.num_params} parameters, {r.dtype}"),
+        (
+            "lambda_max(H)",
+            _fmt(r.lambda_max),
+            f"residual {_fmt(r.lambda_max_residual)}, {r.lambda_max_products} products to tol" if r.lambda_max is not None else "",
+        ),
+        ("top eigenvalues", ", ".join(f"{x:.4g}" for x in r.top_eigenvalues) if r.top_eigenvalues else "-", ""),
+        (
+            "lambda_min(H)",
+            _fmt(r.lambda_min),
+            f"error bound {_fmt(r.lambda_min_error_bound)}, {'converged' if r.lambda_min_converged else 'NOT converged'}"
+            if r.lambda_min is not None
+            else "",
+        ),
+        ("tr(H)", _fmt(r.trace, r.trace_stderr), r.trace_method or ""),
+        ("lambda_max(G)", _fmt(r.ggn_lambda_max), "Gauss-Newton"),
+        ("tr(G)", _fmt(r.ggn_trace, r.ggn_trace_stderr), ""),
+        ("tr(H_F)", _fmt(r.functional_trace, r.functional_trace_stderr), "functional Hessian H - G"),
+        ("tau_logit", _fmt(r.tau_logit), "share of the sharpness gradient through the logits"),
+        ("tau_func", _fmt(r.tau_func), "share through the function's Jacobian"),
+        ("tau_cross", _fmt(r.tau_cross), "negative: the two paths oppose"),
+        ("products", f"{r.hvp_count} H, {r.ggn_count} G", f"{r.hvp_method} HVPs; {r.seconds:.1f} s"),
+    ]
+    for name, value, note in rows:
+        if value != "-" or name in ("loss",):
+            table.add_row(name, value, note)
+    return table
+
+
+@app.command()
+def analyze(
+    checkpoint: Annotated[
+        Path | None, typer.Argument(help="state_dict .pt/.pth/.ckpt, .safetensors or a landscape run's final.pt")
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option(help="built-in (mlp, cnn, transformer) or package.module:factory")
+    ] = None,
+    data: Annotated[
+        str | None, typer.Option(help="built-in (digits, text), a .pt/.npz file with x and y, or module:function")
+    ] = None,
+    loss: Annotated[str | None, typer.Option(help="cross_entropy or mse (default: the model's)")] = None,
+    samples: Annotated[int | None, typer.Option(help="use the first N samples (default: all)")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="chunk size for products (memory only)")] = None,
+    dtype: Annotated[str, typer.Option(help="float32 or float64")] = "float32",
+    seed: Annotated[int, typer.Option(help="seeds model init and every random probe")] = 0,
+    metrics: Annotated[str, typer.Option(help="comma list of eigen,trace,ggn,tau,density,layers")] = "all",
+    top_k: Annotated[int, typer.Option(help="number of top eigenvalues")] = 5,
+    trace_method: Annotated[str, typer.Option(help="xtrace, hutchpp or hutchinson")] = "xtrace",
+    trace_samples: Annotated[int, typer.Option(help="operator products per trace estimate")] = 96,
+    tol: Annotated[float, typer.Option(help="relative accuracy of Lanczos eigenvalues")] = 1e-3,
+    max_iter: Annotated[int, typer.Option(help="Lanczos steps at most (lambda_min needs the most)")] = 300,
+    params: Annotated[str | None, typer.Option(help="only parameters whose names match (comma-separated regexes)")] = None,
+    hvp_method: Annotated[str, typer.Option(help="auto, reuse, forward-over-reverse or double-backward")] = "auto",
+    exact: Annotated[bool, typer.Option(help="assemble the dense matrices and diagonalise (small models)")] = False,
+    seq_len: Annotated[int | None, typer.Option(help="sequence length of the text data")] = None,
+    out: Annotated[Path, typer.Option(help="output folder")] = Path("analysis"),
+    json_output: Annotated[bool, typer.Option("--json", help="print analysis.json to stdout instead of a table")] = False,
+    trust_checkpoint: Annotated[
+        bool, typer.Option(help="allow full unpickling of a checkpoint that is not plain tensors (trusted files only)")
+    ] = False,
+    debug: Annotated[bool, typer.Option(help="show tracebacks")] = False,
+) -> None:
+    """Measure the curvature of a checkpoint: eigenvalues, traces, GGN / functional-Hessian split,
+    tau, spectral densities and per-layer values. Writes OUT/analysis.json, layers.csv, density.png."""
+    DEBUG["on"] = debug
+    from landscape.analysis import analyze as run_analysis
+    from landscape.analysis import parse_metrics
+    from landscape.report.analysis_files import write_analysis
+    from landscape.report.files import dumps_json, ensure_writable_dir
+    from landscape.resolve import parse_dtype, resolve_inputs
+
+    torch_dtype = parse_dtype(dtype)
+    chosen = parse_metrics(metrics)
+    if samples is not None and samples < 1:
+        raise UserError(f"--samples must be positive, got {samples}")
+    ensure_writable_dir(out)
+    with stage_progress(not json_output) as report:
+        report("loading model and data")
+        inputs = resolve_inputs(
+            checkpoint,
+            model,
+            data,
+            loss,
+            samples=samples,
+            seed=seed,
+            dtype=torch_dtype,
+            trust_checkpoint=trust_checkpoint,
+            seq_len=seq_len,
+        )
+        result = run_analysis(
+            inputs.model,
+            inputs.data,
+            inputs.loss,
+            chosen,
+            params=params,
+            batch_size=batch_size,
+            dtype=torch_dtype,
+            top_k=top_k,
+            trace_method=trace_method,
+            trace_samples=trace_samples,
+            tol=tol,
+            max_iter=max_iter,
+            exact=exact,
+            hvp_method=hvp_method,
+            seed=seed,
+            progress=report,
+        )
+        report("writing files")
+        context = inputs.context() | {"seed": seed, "params": params}
+        written = write_analysis(result, out, context)
+    if json_output:
+        out_console.file.write(dumps_json(result.to_dict() | {"context": context}))
+        return
+    out_console.print(summary_table(result))
+    out_console.print("wrote " + ", ".join(str(p) for p in written))
+
+
+@app.command(name="models")
+def list_builtin_models() -> None:
+    """List the built-in models and data sets."""
+    from landscape.data import list_data
+    from landscape.models import list_models
+
+    table = Table(show_header=True, header_style="bold")
+    table.add_column("kind")
+    table.add_column("name")
+    table.add_column("description")
+    for name, desc in list_models().items():
+        table.add_row("model", name, desc)
+    for name, desc in list_data().items():
+        table.add_row("data", name, desc)
+    out_console.print(table)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point: one-line errors and a non-zero exit for bad input; tracebacks with --debug."""
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args
+    try:
+        app(args=args, standalone_mode=False, prog_name="landscape")
+    except UserError as exc:
+        err_console.print(f"error: {exc}", markup=False, highlight=False)
+        if debug:
+            raise
+        return 1
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.exceptions.Abort:
+        err_console.print("aborted", markup=False)
+        return 130
+    except click.ClickException as exc:
+        err_console.print(f"error: {one_line(exc.format_message())}", markup=False, highlight=False)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        err_console.print("interrupted", markup=False)
+        return 130
+    except Exception as exc:  # a bug or an error from user code: one line unless --debug
+        if debug:
+            raise
+        err_console.print(
+            f"error: {type(exc).__name__}: {one_line(exc)} (run with --debug for the traceback)",
+            markup=False,
+            highlight=False,
+        )
+        return 1
+    return 0
+
+
+def entry_point() -> None:
+    """``landscape`` console script."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry_point()

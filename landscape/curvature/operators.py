@@ -1,0 +1,348 @@
+"""Curvature operators of a :class:`~landscape.problem.Problem`: H, G and H_F = H - G.
+
+All are exact full-data products, summed over the problem's batches with weight 1/N (N = number
+of targets), so no result depends on the batch size.
+
+Hessian-vector products, three exact routes (``method=``):
+
+* ``"reuse"`` - build each batch's gradient graph once (``create_graph=True``) and keep it; every
+  product is then one backward pass through it (PyHessian's trick; ~1.6x a gradient). Costs the
+  memory of all batches' graphs, so ``"auto"`` only picks it when the measured graph size fits the
+  memory budget. The graph holds *copies* of the parameters, so later in-place updates of the
+  model cannot corrupt it (PyHessian's graph breaks in that case).
+* ``"forward-over-reverse"`` - ``torch.func.jvp(torch.func.grad(f))``, ``vmap``-ed over blocks of
+  vectors; streams batches with no retained state.
+* ``"double-backward"`` - ``autograd.grad`` twice per batch; works wherever reverse mode does (e.g.
+  the CPU SDPA attention kernels that forward-mode AD does not support).
+
+``"auto"`` picks reuse when it fits, else forward-over-reverse when a probe succeeds, else
+double-backward. Never ``torch.func.hessian``/jacrev-of-jacrev: in torch 2.13 it is wrong across
+LayerNorm.
+
+GGN-vector products (Schraudolph 2002; Functional-SAM Eq. 8): G v = (1/N) sum_i J_i^T H_out,i J_i v,
+with the output Hessian analytic for cross-entropy (diag(p) - p p^T) and mse (2 I); J is never
+materialised. With ``"reuse"`` each batch keeps its output graph and a linear ``J^T u`` graph, so
+J v is one backward through it (the double-vjp trick) and J^T (H_out J v) one more: no forward
+pass per product.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from landscape.curvature.linear_operator import LinearOperator, SumOperator
+from landscape.errors import UserError
+from landscape.problem import Batch, Problem, output_hessian_product
+
+HVP_METHODS = ("auto", "reuse", "forward-over-reverse", "double-backward")
+GGN_METHODS = ("auto", "reuse", "stream")
+
+
+def default_memory_budget() -> int:
+    """Bytes that retained graphs may take: a quarter of the available memory (at most 8 GiB)."""
+    avail = 8 << 30
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    avail = int(line.split()[1]) * 1024
+                    break
+    except OSError:
+        pass
+    return min(avail // 4, 8 << 30)
+
+
+class _SavedBytes:
+    """Counts the bytes autograd saves for backward inside the context (graph-size probe)."""
+
+    def __init__(self) -> None:
+        self.bytes = 0
+        self._ptrs: set[int] = set()
+
+    def pack(self, t: Tensor) -> Tensor:
+        try:
+            key = t.untyped_storage().data_ptr()
+        except (RuntimeError, NotImplementedError):
+            key = id(t)
+        if key not in self._ptrs:
+            self._ptrs.add(key)
+            self.bytes += t.numel() * t.element_size()
+        return t
+
+    def __enter__(self) -> _SavedBytes:
+        self._ctx = torch.autograd.graph.saved_tensors_hooks(self.pack, lambda t: t)
+        self._ctx.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._ctx.__exit__(*exc)
+
+
+class _CurvatureOperator(LinearOperator):
+    """Shared plumbing: a problem, flat <-> dict conversion and column blocking."""
+
+    def __init__(self, problem: Problem, block_size: int = 16) -> None:
+        super().__init__(problem.num_params, problem.dtype, problem.device)
+        self.problem = problem
+        self.block_size = max(1, int(block_size))
+
+    def _leaves(self) -> dict[str, Tensor]:
+        return {n: p.detach().clone().requires_grad_(True) for n, p in self.problem.params.items()}
+
+    def _matmat(self, V: Tensor) -> Tensor:
+        out = torch.zeros_like(V)
+        for start in range(0, V.shape[1], self.block_size):
+            cols = V[:, start : start + self.block_size]
+            out[:, start : start + cols.shape[1]] = self._block(cols)
+        return out / self.problem.num_targets
+
+    def _block(self, V: Tensor) -> Tensor:  # pragma: no cover - abstract
+        """Sum over batches of the *summed* (not averaged) product with the columns of V."""
+        raise NotImplementedError
+
+
+class HessianOperator(_CurvatureOperator):
+    """The Hessian H = grad^2 L(theta) of the full-data mean loss.
+
+    Args:
+        problem: the model, loss and data.
+        method: ``"auto"``, ``"reuse"``, ``"forward-over-reverse"`` or ``"double-backward"``.
+        block_size: columns per vmapped block (forward-over-reverse).
+        memory_budget: bytes that ``"auto"`` lets retained graphs take (default: a quarter of RAM).
+    """
+
+    def __init__(
+        self,
+        problem: Problem,
+        method: str = "auto",
+        block_size: int = 16,
+        memory_budget: int | None = None,
+    ) -> None:
+        super().__init__(problem, block_size)
+        if method not in HVP_METHODS:
+            raise UserError(f"unknown HVP method '{method}' (choose from {', '.join(HVP_METHODS)})")
+        self.requested_method = method
+        self._graphs: list[tuple[dict[str, Tensor], tuple[Tensor, ...]]] | None = None
+        budget = default_memory_budget() if memory_budget is None else memory_budget
+        if method == "auto":
+            method = self._choose_method(budget)
+        elif method == "reuse":
+            self._build_graphs()
+        self.method = method
+
+    def _choose_method(self, budget: int) -> str:
+        probe = _SavedBytes()
+        with probe:
+            graph = self._gradient_graph(self.problem.batches[0])
+        estimate = probe.bytes * len(self.problem.batches)
+        if estimate <= budget:
+            self._graphs = [graph]
+            self._build_graphs()
+            return "reuse"
+        del graph
+        return "forward-over-reverse" if self._forward_mode_works() else "double-backward"
+
+    def _gradient_graph(self, batch: Batch) -> tuple[dict[str, Tensor], tuple[Tensor, ...]]:
+        leaves = self._leaves()
+        loss = self.problem.batch_loss_sum(leaves, batch)
+        grads = torch.autograd.grad(loss, [leaves[n] for n in self.problem.param_names], create_graph=True)
+        return leaves, grads
+
+    def _build_graphs(self) -> None:
+        graphs = self._graphs or []
+        for batch in self.problem.batches[len(graphs) :]:
+            graphs.append(self._gradient_graph(batch))
+        self._graphs = graphs
+
+    def _forward_mode_works(self) -> bool:
+        try:
+            v = torch.zeros(self.n, 1, dtype=self.dtype, device=self.device)
+            self._block_forward_over_reverse(v, self.problem.batches[:1])
+            return True
+        except (NotImplementedError, RuntimeError):
+            return False
+
+    def _block(self, V: Tensor) -> Tensor:
+        if self.method == "reuse":
+            return self._block_reuse(V)
+        if self.method == "forward-over-reverse":
+            return self._block_forward_over_reverse(V, self.problem.batches)
+        return self._block_double_backward(V)
+
+    def _grad_of_grad(self, leaves: dict[str, Tensor], grads: tuple[Tensor, ...], V: Tensor, retain: bool) -> Tensor:
+        names = self.problem.param_names
+        out = torch.empty_like(V)
+        for j in range(V.shape[1]):
+            vdict = self.problem.unflatten(V[:, j])
+            keep = retain or j < V.shape[1] - 1
+            hv = torch.autograd.grad(grads, [leaves[n] for n in names], [vdict[n] for n in names], retain_graph=keep)
+            out[:, j] = self.problem.flatten(hv)
+        return out
+
+    def _block_reuse(self, V: Tensor) -> Tensor:
+        assert self._graphs is not None
+        total = torch.zeros_like(V)
+        for leaves, grads in self._graphs:
+            total += self._grad_of_grad(leaves, grads, V, retain=True)
+        return total
+
+    def _block_double_backward(self, V: Tensor) -> Tensor:
+        total = torch.zeros_like(V)
+        for batch in self.problem.batches:
+            leaves, grads = self._gradient_graph(batch)
+            total += self._grad_of_grad(leaves, grads, V, retain=False)
+        return total
+
+    def _block_forward_over_reverse(self, V: Tensor, batches: list[Batch]) -> Tensor:
+        problem = self.problem
+        params = {n: p.detach() for n, p in problem.params.items()}
+        tangents = problem.unflatten(V.T.contiguous())  # each [k, *shape]
+        total = torch.zeros(V.shape[1], V.shape[0], dtype=V.dtype, device=V.device)
+        for batch in batches:
+
+            def batch_loss(p: dict[str, Tensor], batch: Batch = batch) -> Tensor:
+                return problem.batch_loss_sum(p, batch)
+
+            grad_fn = torch.func.grad(batch_loss)
+
+            def hvp(t: dict[str, Tensor], grad_fn: Any = grad_fn) -> Tensor:
+                return problem.flatten(torch.func.jvp(grad_fn, (params,), (t,))[1])
+
+            total += torch.func.vmap(hvp)(tangents)
+        return total.T
+
+    def release(self) -> None:
+        """Drop retained graphs (memory); later products fall back to streaming routes."""
+        self._graphs = None
+        if self.method == "reuse":
+            self.method = "double-backward"
+
+
+class GGNOperator(_CurvatureOperator):
+    """The generalized Gauss-Newton matrix G = (1/N) sum_i J_i^T H_out,i J_i (Functional-SAM Eq. 8).
+
+    ``method="reuse"`` keeps per-batch output graphs (two backward passes per product, no forward);
+    ``"stream"`` recomputes them per product with ``torch.func`` (jvp, output Hessian, vjp).
+    """
+
+    def __init__(
+        self, problem: Problem, method: str = "auto", block_size: int = 16, memory_budget: int | None = None
+    ) -> None:
+        super().__init__(problem, block_size)
+        if method not in GGN_METHODS:
+            raise UserError(f"unknown GGN method '{method}' (choose from {', '.join(GGN_METHODS)})")
+        self._graphs: list[tuple[dict[str, Tensor], Tensor, Tensor, Tensor]] | None = None
+        budget = default_memory_budget() if memory_budget is None else memory_budget
+        if method == "auto":
+            probe = _SavedBytes()
+            with probe:
+                graph = self._linearisation(problem.batches[0])
+            if probe.bytes * len(problem.batches) <= budget:
+                self._graphs = [graph]
+                method = "reuse"
+            else:
+                method = "stream"
+        if method == "reuse":
+            graphs = self._graphs or []
+            for batch in problem.batches[len(graphs) :]:
+                graphs.append(self._linearisation(batch))
+            self._graphs = graphs
+        self.method = method
+
+    def _linearisation(self, batch: Batch) -> tuple[dict[str, Tensor], Tensor, Tensor, Tensor]:
+        """Leaves, outputs z (with graph), dummy u and J^T u (graph linear in u) for one batch."""
+        leaves = self._leaves()
+        z = self.problem.outputs(leaves, batch.inputs)
+        u = torch.zeros_like(z, requires_grad=True)
+        jtu = torch.autograd.grad(z, [leaves[n] for n in self.problem.param_names], u, create_graph=True)
+        return leaves, z, u, self.problem.flatten(jtu)
+
+    def _block(self, V: Tensor) -> Tensor:
+        if self.method == "reuse":
+            return self._block_reuse(V)
+        return self._block_stream(V)
+
+    def _block_reuse(self, V: Tensor) -> Tensor:
+        assert self._graphs is not None
+        names = self.problem.param_names
+        total = torch.zeros_like(V)
+        for (leaves, z, u, jtu), batch in zip(self._graphs, self.problem.batches, strict=True):
+            zd = z.detach()
+            for j in range(V.shape[1]):
+                # J v = d<J^T u, v>/du: one backward through the linear J^T u graph.
+                (jv,) = torch.autograd.grad(jtu, u, V[:, j], retain_graph=True)
+                hjv = output_hessian_product(zd, batch.targets, jv, self.problem.loss)
+                jt = torch.autograd.grad(z, [leaves[n] for n in names], hjv, retain_graph=True)
+                total[:, j] += self.problem.flatten(jt)
+        return total
+
+    def _block_stream(self, V: Tensor) -> Tensor:
+        problem = self.problem
+        params = {n: p.detach() for n, p in problem.params.items()}
+        tangents = problem.unflatten(V.T.contiguous())
+        total = torch.zeros(V.shape[1], V.shape[0], dtype=V.dtype, device=V.device)
+        for batch in problem.batches:
+
+            def f(p: dict[str, Tensor], batch: Batch = batch) -> Tensor:
+                return problem.outputs(p, batch.inputs)
+
+            z, vjp_fn = torch.func.vjp(f, params)
+            zd = z.detach()
+
+            def jvp(t: dict[str, Tensor], f: Any = f) -> Tensor:
+                return torch.func.jvp(f, (params,), (t,))[1]
+
+            try:
+                jv = torch.func.vmap(jvp)(tangents)
+            except (NotImplementedError, RuntimeError):
+                jv = torch.stack([self._jvp_double_vjp(f, params, {n: t[i] for n, t in tangents.items()})
+                                  for i in range(V.shape[1])])
+            hjv = output_hessian_product(zd, batch.targets, jv, problem.loss)
+            jt = torch.func.vmap(vjp_fn)(hjv)[0]
+            total += problem.flatten(jt)
+        return total.T
+
+    def _jvp_double_vjp(self, f: Any, params: dict[str, Tensor], t: dict[str, Tensor]) -> Tensor:
+        """J t by the double-vjp trick (reverse mode only): d/du <J^T u, t> = J t."""
+        leaves = {n: p.clone().requires_grad_(True) for n, p in params.items()}
+        z = f(leaves)
+        u = torch.zeros_like(z, requires_grad=True)
+        names = self.problem.param_names
+        jtu = torch.autograd.grad(z, [leaves[n] for n in names], u, create_graph=True)
+        (jv,) = torch.autograd.grad(jtu, u, [t[n] for n in names])
+        return jv
+
+    def release(self) -> None:
+        """Drop retained graphs (memory); later products stream."""
+        self._graphs = None
+        self.method = "stream"
+
+
+def functional_hessian_operator(
+    problem: Problem,
+    hessian: HessianOperator | None = None,
+    ggn: GGNOperator | None = None,
+) -> LinearOperator:
+    """The functional Hessian H_F = H - G = (1/N) sum_i sum_k [grad_f l_i]_k grad^2 f^k(x_i)
+    (Functional-SAM Eq. 8; the "nonlinear modelling error" of Dauphin et al. 2024)."""
+    H = hessian if hessian is not None else HessianOperator(problem)
+    G = ggn if ggn is not None else GGNOperator(problem)
+    return SumOperator([(1.0, H), (-1.0, G)])
+
+
+class BlockOperator(LinearOperator):
+    """The diagonal block A[idx, idx] of an operator for a slice of the flat parameter vector
+    (per-layer Hessians: e.g. the largest eigenvalue of one weight matrix's Hessian block)."""
+
+    def __init__(self, op: LinearOperator, block: slice) -> None:
+        start, stop, _ = block.indices(op.n)
+        super().__init__(stop - start, op.dtype, op.device)
+        self.op, self.start, self.stop = op, start, stop
+
+    def _matmat(self, V: Tensor) -> Tensor:
+        full = torch.zeros(self.op.n, V.shape[1], dtype=V.dtype, device=V.device)
+        full[self.start : self.stop] = V
+        return self.op.matmat(full)[self.start : self.stop]

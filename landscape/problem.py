@@ -1,0 +1,375 @@
+"""A *problem*: model + loss + data as a pure function of the parameters.
+
+The loss is the mean of the per-target loss over the whole data set,
+
+    L(theta) = (1/N) sum_b sum_{i in b} l(f_theta(x_i), y_i),
+
+where N counts targets: one per sample for classification, one per token for ``[B, T, V]``
+language-model logits, one per output element for mean-squared error (torch's ``mse_loss``
+convention). Every batch contributes its *sum* of per-target losses and the total is divided by N
+once, so gradients and curvature products are exact full-data quantities that do not depend on
+how the data is chunked (``batch_size`` only bounds memory).
+
+The model runs through ``torch.func.functional_call`` with the selected parameters passed in
+explicitly, in eval mode (dropout off, BatchNorm running statistics), so the same problem object
+serves reverse-mode, forward-mode and double-backward differentiation.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from landscape.errors import UserError
+
+LOSSES = ("cross_entropy", "mse")
+IGNORE_INDEX = -100
+# Default chunking: keep about this many model-output elements per batch (memory bound only).
+DEFAULT_OUTPUT_ELEMENTS_PER_BATCH = 1 << 21
+
+
+def unwrap_output(out: Any) -> Tensor:
+    """Return the prediction tensor of a model output.
+
+    Accepts a tensor, a tuple/list (first element), a dict (``"logits"``, else the first value) or
+    an object with a ``.logits`` attribute (Hugging Face ``ModelOutput``).
+    """
+    if isinstance(out, Tensor):
+        return out
+    if hasattr(out, "logits") and isinstance(out.logits, Tensor):
+        return out.logits
+    if isinstance(out, dict):
+        if "logits" in out:
+            return out["logits"]
+        if out:
+            return unwrap_output(next(iter(out.values())))
+    if isinstance(out, list | tuple) and out:
+        return unwrap_output(out[0])
+    raise UserError(f"cannot find the prediction tensor in a model output of type {type(out).__name__}")
+
+
+@dataclass
+class Batch:
+    """One chunk of the data: model inputs, targets and the number of targets it contributes."""
+
+    inputs: Any
+    targets: Tensor
+    count: int
+    num_samples: int
+
+
+def loss_sum(outputs: Tensor, targets: Tensor, loss: str, ignore_index: int = IGNORE_INDEX) -> Tensor:
+    """Sum of per-target losses of one batch (divide by the data set's target count for the mean).
+
+    cross_entropy: logits ``[..., C]``, integer targets ``[...]`` (``ignore_index`` skipped);
+    mse: ``sum (f - y)^2`` over all output elements (torch's ``mse_loss`` with ``reduction="sum"``).
+    """
+    if loss == "cross_entropy":
+        return F.cross_entropy(
+            outputs.reshape(-1, outputs.shape[-1]),
+            targets.reshape(-1),
+            reduction="sum",
+            ignore_index=ignore_index,
+        )
+    if loss == "mse":
+        return F.mse_loss(outputs, targets.reshape(outputs.shape), reduction="sum")
+    raise UserError(f"unknown loss '{loss}' (choose from {', '.join(LOSSES)})")
+
+
+def output_hessian_product(outputs: Tensor, targets: Tensor, U: Tensor, loss: str) -> Tensor:
+    """Apply the per-target Hessian of the loss w.r.t. the outputs to ``U`` (same shape as outputs,
+    optionally with leading column dims). Summed (not averaged) over targets, like ``loss_sum``.
+
+    cross_entropy: (diag(p) - p p^T) u with p = softmax(z) (Functional-SAM Sec. 3.3), zero for
+    ignored targets; mse: 2 u.
+    """
+    if loss == "cross_entropy":
+        p = torch.softmax(outputs, dim=-1)
+        pu = p * U
+        out = pu - p * pu.sum(dim=-1, keepdim=True)
+        mask = (targets != IGNORE_INDEX).to(out.dtype).unsqueeze(-1)
+        return out * mask
+    if loss == "mse":
+        return 2.0 * U
+    raise UserError(f"unknown loss '{loss}' (choose from {', '.join(LOSSES)})")
+
+
+def select_parameters(model: nn.Module, params: str | Sequence[str] | None) -> list[str]:
+    """Names of the trainable parameters to analyse.
+
+    ``None``: every parameter with ``requires_grad``. A string: comma-separated regular expressions
+    matched anywhere in the name (``"lora_"``, ``"blocks.0,head"``). A sequence: exact names.
+    """
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    if params is None:
+        chosen = names
+    elif isinstance(params, str):
+        patterns = [p.strip() for p in params.split(",") if p.strip()]
+        try:
+            regexes = [re.compile(p) for p in patterns]
+        except re.error as exc:
+            raise UserError(f"invalid --params pattern '{params}': {exc}") from None
+        chosen = [n for n in names if any(r.search(n) for r in regexes)]
+        if not chosen:
+            raise UserError(f"--params '{params}' matches no parameter (names look like '{names[0]}')")
+    else:
+        all_names = dict(model.named_parameters())
+        missing = [n for n in params if n not in all_names]
+        if missing:
+            raise UserError(f"unknown parameter name(s): {', '.join(missing[:5])}")
+        chosen = list(params)
+    if not chosen:
+        raise UserError("the model has no trainable parameters")
+    return chosen
+
+
+def _as_pair(data: Any) -> tuple[Any, Tensor] | None:
+    """(x, y) tensors from a pair, an object with ``.x``/``.y`` or an indexable Dataset."""
+    if isinstance(data, tuple | list) and len(data) == 2 and isinstance(data[1], Tensor):
+        return data[0], data[1]
+    if hasattr(data, "x") and hasattr(data, "y") and isinstance(data.y, Tensor):
+        return data.x, data.y
+    if isinstance(data, torch.utils.data.TensorDataset):
+        return data.tensors[0], data.tensors[1]
+    if hasattr(data, "__getitem__") and hasattr(data, "__len__") and not isinstance(data, Tensor):
+        items = [data[i] for i in range(len(data))]
+        if not items:
+            raise UserError("the data set is empty")
+        xs, ys = zip(*items, strict=True)
+        return torch.stack([torch.as_tensor(x) for x in xs]), torch.stack([torch.as_tensor(y) for y in ys])
+    return None
+
+
+def _num_items(inputs: Any) -> int:
+    if isinstance(inputs, dict):
+        return len(next(iter(inputs.values())))
+    return len(inputs)
+
+
+def _slice(inputs: Any, start: int, stop: int) -> Any:
+    if isinstance(inputs, dict):
+        return {k: v[start:stop] for k, v in inputs.items()}
+    return inputs[start:stop]
+
+
+class Problem:
+    """Model + loss + data, with the parameters as explicit function arguments.
+
+    Args:
+        model: any ``nn.Module``; it is put in eval mode (dropout off, BatchNorm running stats).
+        data: ``(x, y)`` tensors, an object with ``.x``/``.y``, a ``Dataset`` or an iterable of
+            ``(x, y)`` batches (e.g. a ``DataLoader``). ``x`` may be a dict of tensors (keyword inputs).
+        loss: ``"cross_entropy"`` or ``"mse"``.
+        params: which parameters to analyse (see :func:`select_parameters`); the others are fixed.
+        batch_size: chunk size in samples (memory only; results do not depend on it). Default:
+            about 2M model-output elements per chunk.
+        dtype: compute dtype for parameters, float buffers and float inputs (default: the model's).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        data: Any,
+        loss: str = "cross_entropy",
+        *,
+        params: str | Sequence[str] | None = None,
+        batch_size: int | None = None,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
+        if loss not in LOSSES:
+            raise UserError(f"unknown loss '{loss}' (choose from {', '.join(LOSSES)})")
+        if batch_size is not None and batch_size < 1:
+            raise UserError(f"batch size must be positive, got {batch_size}")
+        self.model = model
+        self.was_training = model.training
+        model.eval()
+        self.loss = loss
+        first = next(iter(model.parameters()), None)
+        if first is None:
+            raise UserError("the model has no parameters")
+        self.dtype = dtype or first.dtype
+        self.device = torch.device(device) if device is not None else first.device
+        self.param_names = select_parameters(model, params)
+        named = dict(model.named_parameters())
+        self.params: dict[str, Tensor] = {
+            n: named[n].detach().to(device=self.device, dtype=self.dtype).clone() for n in self.param_names
+        }
+        chosen = set(self.param_names)
+        fixed: dict[str, Tensor] = {}
+        for n, p in model.named_parameters():
+            if n not in chosen:
+                fixed[n] = p.detach().to(device=self.device, dtype=self.dtype)
+        for n, b in model.named_buffers():
+            fixed[n] = b.to(device=self.device, dtype=self.dtype) if b.is_floating_point() else b.to(self.device)
+        self.fixed = fixed
+        self.shapes = [self.params[n].shape for n in self.param_names]
+        self.numels = [int(math.prod(s)) for s in self.shapes]
+        self.offsets = [0]
+        for k in self.numels:
+            self.offsets.append(self.offsets[-1] + k)
+        self.num_params = self.offsets[-1]
+        self.batches = self._make_batches(data, batch_size)
+        self.num_targets = sum(b.count for b in self.batches)
+        self.num_samples = sum(b.num_samples for b in self.batches)
+        if self.num_targets == 0:
+            raise UserError("the data has no targets to compute a loss on (all ignored?)")
+        self._check_outputs()
+
+    # ----------------------------------------------------------------------------------- data
+    def _convert_inputs(self, x: Any) -> Any:
+        if isinstance(x, dict):
+            return {k: self._convert_inputs(v) for k, v in x.items()}
+        x = torch.as_tensor(x)
+        if x.is_floating_point():
+            x = x.to(dtype=self.dtype)
+            if not torch.isfinite(x).all():
+                raise UserError("the inputs contain NaN or infinite values")
+        return x.to(self.device)
+
+    def _convert_targets(self, y: Tensor) -> Tensor:
+        y = torch.as_tensor(y).to(self.device)
+        if self.loss == "cross_entropy":
+            if y.is_floating_point():
+                if not torch.equal(y, y.round()):
+                    raise UserError("cross-entropy targets must be integer class ids (got fractional values)")
+            return y.long()
+        y = y.to(self.dtype)
+        if not torch.isfinite(y).all():
+            raise UserError("the targets contain NaN or infinite values")
+        return y
+
+    def _count(self, y: Tensor) -> int:
+        if self.loss == "cross_entropy":
+            return int((y != IGNORE_INDEX).sum())
+        return int(y.numel())
+
+    def _make_batches(self, data: Any, batch_size: int | None) -> list[Batch]:
+        pair = _as_pair(data)
+        if pair is None:
+            if not isinstance(data, Iterable):
+                raise UserError(f"cannot use {type(data).__name__} as data: give (x, y), a Dataset or a DataLoader")
+            chunks = []
+            for item in data:
+                if not (isinstance(item, tuple | list) and len(item) == 2):
+                    raise UserError("each batch of the data loader must be an (inputs, targets) pair")
+                chunks.append((item[0], item[1]))
+        else:
+            x, y = pair
+            n = _num_items(x)
+            if n != len(y):
+                raise UserError(f"inputs and targets differ in length ({n} vs {len(y)})")
+            if batch_size is None:
+                per_item = max(1, int(y[:1].numel())) * 64
+                batch_size = max(1, DEFAULT_OUTPUT_ELEMENTS_PER_BATCH // per_item)
+            chunks = [(_slice(x, s, min(s + batch_size, n)), y[s : s + batch_size]) for s in range(0, n, batch_size)]
+        batches = []
+        for x, y in chunks:
+            xb, yb = self._convert_inputs(x), self._convert_targets(y)
+            batches.append(Batch(xb, yb, self._count(yb), _num_items(xb)))
+        if not batches or sum(b.num_samples for b in batches) == 0:
+            raise UserError("the data set is empty")
+        return batches
+
+    def _check_outputs(self) -> None:
+        b = self.batches[0]
+        with torch.no_grad():
+            out = self.outputs(self.params, b.inputs)
+        if self.loss == "cross_entropy":
+            if out.shape[:-1] != b.targets.shape:
+                raise UserError(
+                    f"model outputs of shape {tuple(out.shape)} do not match targets of shape "
+                    f"{tuple(b.targets.shape)} (cross-entropy expects logits [..., C] and targets [...])"
+                )
+            C = out.shape[-1]
+            for batch in self.batches:
+                y = batch.targets[batch.targets != IGNORE_INDEX]
+                if y.numel() and (int(y.min()) < 0 or int(y.max()) >= C):
+                    raise UserError(f"labels out of range: found {int(y.min())}..{int(y.max())}, model has {C} classes")
+        elif out.numel() != b.targets.numel():
+            raise UserError(
+                f"model outputs of shape {tuple(out.shape)} do not match mse targets of shape {tuple(b.targets.shape)}"
+            )
+        if not torch.isfinite(out).all():
+            raise UserError("the model produces NaN or infinite outputs on the data")
+
+    # ------------------------------------------------------------------------------ function
+    def outputs(self, params: dict[str, Tensor], inputs: Any) -> Tensor:
+        """Model predictions at ``params`` (a dict name -> tensor) for one batch of inputs."""
+        state = {**self.fixed, **params}
+        if isinstance(inputs, dict):
+            out = torch.func.functional_call(self.model, state, (), inputs)
+        else:
+            out = torch.func.functional_call(self.model, state, (inputs,))
+        return unwrap_output(out)
+
+    def batch_loss_sum(self, params: dict[str, Tensor], batch: Batch) -> Tensor:
+        """Sum of per-target losses of one batch at ``params``."""
+        return loss_sum(self.outputs(params, batch.inputs), batch.targets, self.loss)
+
+    def loss_value(self, params: dict[str, Tensor] | None = None) -> float:
+        """The full-data mean loss L(theta)."""
+        params = self.params if params is None else params
+        with torch.no_grad():
+            total = sum(float(self.batch_loss_sum(params, b)) for b in self.batches)
+        return total / self.num_targets
+
+    def gradient(self, params: dict[str, Tensor] | None = None) -> Tensor:
+        """The full-data gradient grad L(theta) as a flat vector."""
+        params = self.params if params is None else params
+        total = torch.zeros(self.num_params, dtype=self.dtype, device=self.device)
+        for b in self.batches:
+            leaves = {n: p.detach().requires_grad_(True) for n, p in params.items()}
+            grads = torch.autograd.grad(self.batch_loss_sum(leaves, b), [leaves[n] for n in self.param_names])
+            total += self.flatten(grads)
+        return total / self.num_targets
+
+    # ------------------------------------------------------------------------------ vectors
+    def flatten(self, tensors: dict[str, Tensor] | Sequence[Tensor]) -> Tensor:
+        """Concatenate per-parameter tensors (dict or list in ``param_names`` order) to a flat vector.
+
+        Leading batch dimensions are kept: tensors of shape ``[k, *shape]`` give ``[k, P]``.
+        """
+        seq = [tensors[n] for n in self.param_names] if isinstance(tensors, dict) else list(tensors)
+        lead = seq[0].shape[: seq[0].dim() - len(self.shapes[0])]
+        return torch.cat([t.reshape(*lead, -1) for t in seq], dim=-1)
+
+    def unflatten(self, vec: Tensor) -> dict[str, Tensor]:
+        """Split a flat vector ``[P]`` (or ``[k, P]``) into a dict of parameter-shaped tensors."""
+        lead = vec.shape[:-1]
+        return {
+            n: vec[..., self.offsets[i] : self.offsets[i + 1]].reshape(*lead, *self.shapes[i])
+            for i, n in enumerate(self.param_names)
+        }
+
+    def blocks(self) -> list[tuple[str, slice]]:
+        """Per-parameter-tensor slices of the flat vector (the 'layers' of per-layer diagnostics)."""
+        return [(n, slice(self.offsets[i], self.offsets[i + 1])) for i, n in enumerate(self.param_names)]
+
+    def parameter_vector(self) -> Tensor:
+        """The current parameters theta as a flat vector."""
+        return self.flatten(self.params)
+
+    def with_parameters(self, vec: Tensor) -> dict[str, Tensor]:
+        """A parameter dict for the flat vector ``vec`` (for evaluating the loss elsewhere)."""
+        return {n: t.clone() for n, t in self.unflatten(vec.to(self.dtype)).items()}
+
+    def describe(self) -> dict[str, Any]:
+        """Facts about the problem for reports (sizes, loss, dtype, mode)."""
+        return {
+            "num_params": self.num_params,
+            "num_samples": self.num_samples,
+            "num_targets": self.num_targets,
+            "num_batches": len(self.batches),
+            "loss_function": self.loss,
+            "dtype": str(self.dtype).replace("torch.", ""),
+            "mode": "eval (dropout off, BatchNorm running statistics)",
+        }
+

@@ -1,0 +1,84 @@
+"""Atomic file output: nothing half-written.
+
+Every writer renders into a temporary folder beside the destination and moves each finished file
+into place with ``os.replace`` (atomic on one file system), so an error or a Ctrl-C leaves the
+output folder as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from landscape.errors import UserError
+
+
+def jsonable(value: Any) -> Any:
+    """Convert NaN/inf floats to ``None`` (strict JSON has no NaN) and tuples to lists, recursively."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    return value
+
+
+def dumps_json(value: Any) -> str:
+    """Strict, indented JSON text of ``value``."""
+    return json.dumps(jsonable(value), indent=2, allow_nan=False) + "\n"
+
+
+def ensure_writable_dir(path: Path) -> Path:
+    """Create ``path`` if needed and check that files can be written there (fail before long work)."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise UserError(f"cannot write to output folder {path}: {exc.strerror or exc}") from None
+    return path
+
+
+@contextmanager
+def staged_output(out_dir: Path) -> Iterator[Path]:
+    """Yield a temporary folder; on success move every file in it into ``out_dir`` atomically."""
+    out_dir = ensure_writable_dir(Path(out_dir))
+    tmp = Path(tempfile.mkdtemp(prefix=".staging-", dir=out_dir))
+    try:
+        yield tmp
+        for src in sorted(tmp.rglob("*")):
+            if src.is_file():
+                dest = out_dir / src.relative_to(tmp)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(src, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename."""
+    write_atomic(path, lambda tmp: tmp.write_text(text))
+
+
+def write_atomic(path: Path, render: Callable[[Path], Any]) -> None:
+    """Call ``render(tmp_path)`` and rename the result to ``path`` (same folder, so atomic)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        render(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()

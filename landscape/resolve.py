@@ -1,0 +1,94 @@
+"""Turn command-line style specs (model, data, checkpoint) into a model and a data set.
+
+Precedence for each of model, data and loss: the explicit option, then the ``config`` stored in
+the checkpoint (run checkpoints of ``landscape train``), then the built-in model's defaults
+(``mlp``/``cnn`` -> ``digits``, ``transformer`` -> ``text``; cross-entropy).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from landscape.checkpoints import load_checkpoint, load_into_model
+from landscape.data import load_data
+from landscape.data.loaders import Dataset
+from landscape.errors import UserError
+from landscape.models import build_model, list_models, model_info
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def parse_dtype(name: str) -> torch.dtype:
+    """``"float32"``/``"float64"`` -> torch dtype (UserError otherwise)."""
+    if name not in DTYPES:
+        raise UserError(f"unknown dtype '{name}' (choose from {', '.join(DTYPES)})")
+    return DTYPES[name]
+
+
+@dataclass
+class Inputs:
+    """A ready model (weights loaded, in ``dtype``) and data set, plus where they came from."""
+
+    model: nn.Module
+    data: Dataset
+    loss: str
+    model_spec: str
+    data_spec: str
+    checkpoint: str | None
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def context(self) -> dict[str, Any]:
+        """Provenance for output files."""
+        return {
+            "model": self.model_spec,
+            "data": self.data_spec,
+            "checkpoint": self.checkpoint,
+            "loss": self.loss,
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+        }
+
+
+def resolve_inputs(
+    checkpoint: str | Path | None = None,
+    model: str | None = None,
+    data: str | None = None,
+    loss: str | None = None,
+    *,
+    samples: int | None = None,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    trust_checkpoint: bool = False,
+    seq_len: int | None = None,
+) -> Inputs:
+    """Build the model (``torch.manual_seed(seed)`` first, so built-in initialisations repeat),
+    load the checkpoint's weights into it and load the data set."""
+    config: dict[str, Any] = {}
+    state = None
+    if checkpoint is not None:
+        state, stored = load_checkpoint(checkpoint, trust_checkpoint=trust_checkpoint)
+        config = dict(stored or {})
+    model_spec = model or config.get("model")
+    if not model_spec:
+        names = ", ".join(list_models())
+        raise UserError(f"--model is required: a built-in ({names}) or an import path package.module:factory")
+    builtin = model_spec in list_models()
+    info = model_info(model_spec) if builtin else None
+    data_spec = data or config.get("data") or (info.default_data if info else None)
+    if not data_spec:
+        raise UserError("--data is required for a model given by import path (a built-in, a .pt/.npz file or module:function)")
+    loss_name = loss or config.get("loss") or (info.loss if info else "cross_entropy")
+    kwargs = dict(config.get("model_kwargs") or {}) if model_spec == config.get("model") else {}
+    torch.manual_seed(seed)
+    net = build_model(model_spec, **kwargs)
+    if state is not None:
+        load_into_model(net, state)
+    net = net.to(dtype)
+    length = seq_len or int(config.get("seq_len", 64))
+    dataset = load_data(data_spec, samples=samples, seed=seed, seq_len=length, dtype=dtype)
+    return Inputs(net, dataset, loss_name, model_spec, data_spec, str(checkpoint) if checkpoint else None, config)

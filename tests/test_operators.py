@@ -1,0 +1,187 @@
+"""Curvature operators against dense float64 references (double-backward Hessians, explicit Jacobians)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from helpers import dense_ggn, dense_gradient, dense_hessian, rel, tiny_case
+from landscape.curvature.linear_operator import DenseOperator
+from landscape.curvature.operators import (
+    BlockOperator,
+    GGNOperator,
+    HessianOperator,
+    functional_hessian_operator,
+)
+from landscape.errors import UserError
+from landscape.problem import Problem
+
+KINDS = ["mlp", "cnn", "lm", "mse"]
+HVP_METHODS = ["reuse", "forward-over-reverse", "double-backward"]
+
+
+@pytest.fixture(scope="module", params=KINDS)
+def case(request):
+    model, (x, y), loss = tiny_case(request.param)
+    problem = Problem(model, (x, y), loss, dtype=torch.float64)
+    return {
+        "kind": request.param,
+        "model": model,
+        "x": x,
+        "y": y,
+        "loss": loss,
+        "problem": problem,
+        "H": dense_hessian(problem, x, y),
+        "G": dense_ggn(problem, x, y),
+    }
+
+
+@pytest.mark.parametrize("method", HVP_METHODS)
+def test_hessian_routes_match_double_backward_reference(case, method):
+    H = HessianOperator(case["problem"], method=method)
+    assert rel(H.to_dense(), case["H"]) < 1e-12
+    assert H.products == case["problem"].num_params
+
+
+@pytest.mark.parametrize("method", ["reuse", "stream"])
+def test_ggn_matches_explicit_jacobian(case, method):
+    G = GGNOperator(case["problem"], method=method)
+    assert rel(G.to_dense(), case["G"]) < 1e-12
+
+
+def test_functional_hessian_is_h_minus_g_and_ggn_is_psd(case):
+    HF = functional_hessian_operator(case["problem"]).to_dense()
+    assert rel(HF, case["H"] - case["G"]) < 1e-11
+    eig = torch.linalg.eigvalsh(case["G"])
+    assert eig.min() > -1e-12 * eig.abs().max()
+    if case["kind"] != "mse":  # a nonlinear net has a nonzero functional part
+        assert HF.abs().max() > 1e-6
+
+
+@pytest.mark.parametrize("method", HVP_METHODS)
+def test_symmetry(case, method):
+    H = HessianOperator(case["problem"], method=method)
+    g = torch.Generator().manual_seed(1)
+    u, v = torch.randn(2, H.n, generator=g, dtype=torch.float64)
+    assert abs(float(u @ H.matvec(v)) - float(H.matvec(u) @ v)) < 1e-12 * float(u.norm() * v.norm() * case["H"].abs().max())
+
+
+@pytest.mark.parametrize("batch_size", [1, 5])
+def test_batch_size_invariance(case, batch_size):
+    x, y = case["x"], case["y"]
+    chunked = Problem(case["model"], (x, y), case["loss"], batch_size=batch_size, dtype=torch.float64)
+    assert len(chunked.batches) > 1
+    V = torch.randn(chunked.num_params, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    whole = case["problem"]
+    for method in HVP_METHODS:
+        assert rel(HessianOperator(chunked, method=method).matmat(V), case["H"] @ V) < 1e-12
+    assert rel(GGNOperator(chunked, method="stream").matmat(V), case["G"] @ V) < 1e-12
+    assert rel(chunked.gradient(), whole.gradient()) < 1e-12
+    assert abs(chunked.loss_value() - whole.loss_value()) < 1e-13
+
+
+def test_gradient_matches_reference(case):
+    assert rel(case["problem"].gradient(), dense_gradient(case["problem"], case["x"], case["y"])) < 1e-12
+
+
+def test_float32_agrees_with_float64(case):
+    p32 = Problem(case["model"], (case["x"], case["y"]), case["loss"], dtype=torch.float32)
+    V = torch.randn(p32.num_params, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    for method in HVP_METHODS:
+        hv = HessianOperator(p32, method=method).matmat(V.float()).double()
+        assert hv.dtype == torch.float64
+        assert rel(hv, case["H"] @ V) < 1e-4
+    assert rel(GGNOperator(p32).matmat(V.float()).double(), case["G"] @ V) < 1e-4
+
+
+def test_parameter_subset_and_blocks(case):
+    problem = case["problem"]
+    name = problem.param_names[0]
+    sub = Problem(case["model"], (case["x"], case["y"]), case["loss"], params=[name], dtype=torch.float64)
+    sl = problem.blocks()[0][1]
+    ref_block = case["H"][sl, sl]
+    assert rel(HessianOperator(sub).to_dense(), ref_block) < 1e-12
+    assert rel(BlockOperator(DenseOperator(case["H"]), sl).to_dense(), ref_block) == 0.0
+
+
+def test_operator_algebra_and_scipy_view(case):
+    problem = case["problem"]
+    H, G = HessianOperator(problem), GGNOperator(problem)
+    combo = 2.0 * H - G
+    v = torch.randn(problem.num_params, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    assert rel(combo.matvec(v), (2 * case["H"] - case["G"]) @ v) < 1e-12
+    sv = H.to_scipy().matvec(v.numpy())
+    assert rel(torch.from_numpy(sv), case["H"] @ v) < 1e-12
+
+
+def test_ignore_index_targets_are_skipped():
+    model, (x, y), loss = tiny_case("lm")
+    y = y.clone()
+    y[0, :2] = -100
+    y[2, 4] = -100
+    problem = Problem(model, (x, y), loss, dtype=torch.float64, batch_size=2)
+    assert problem.num_targets == y.numel() - 3
+    assert rel(HessianOperator(problem).to_dense(), dense_hessian(problem, x, y)) < 1e-12
+    assert rel(GGNOperator(problem).to_dense(), dense_ggn(problem, x, y)) < 1e-12
+
+
+class SDPAModel(nn.Module):
+    """Attention through F.scaled_dot_product_attention (its CPU kernels lack forward-mode AD)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.qkv = nn.Linear(4, 12)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x):
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        return self.head(F.scaled_dot_product_attention(q, k, v, is_causal=True))
+
+
+def test_auto_falls_back_when_forward_mode_is_unsupported():
+    torch.manual_seed(0)
+    model = SDPAModel().double()
+    x = torch.randn(3, 5, 4, dtype=torch.float64)
+    y = torch.randint(0, 3, (3, 5))
+    problem = Problem(model, (x, y), dtype=torch.float64)
+    H = HessianOperator(problem, memory_budget=0)  # no room to keep graphs: must stream
+    assert H.method in ("forward-over-reverse", "double-backward")
+    assert rel(H.to_dense(), dense_hessian(problem, x, y)) < 1e-12
+    assert rel(GGNOperator(problem, method="stream").to_dense(), dense_ggn(problem, x, y)) < 1e-12
+
+
+def test_auto_reuses_graphs_when_they_fit_and_streams_otherwise():
+    model, (x, y), loss = tiny_case("mlp")
+    problem = Problem(model, (x, y), loss, dtype=torch.float64)
+    assert HessianOperator(problem).method == "reuse"
+    assert HessianOperator(problem, memory_budget=0).method == "forward-over-reverse"
+    assert GGNOperator(problem, memory_budget=0).method == "stream"
+
+
+def test_reuse_graph_survives_in_place_model_updates():
+    model, (x, y), loss = tiny_case("mlp")
+    problem = Problem(model, (x, y), loss, dtype=torch.float64)
+    H = HessianOperator(problem, method="reuse")
+    before = H.to_dense()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)  # PyHessian's retained graph breaks here; ours holds its own copies
+    assert rel(H.to_dense(), before) == 0.0
+
+
+def test_problem_errors():
+    model, (x, y), loss = tiny_case("mlp")
+    with pytest.raises(UserError, match="labels out of range"):
+        Problem(model, (x, y + 10), loss)
+    with pytest.raises(UserError, match="NaN"):
+        Problem(model, (x * float("nan"), y), loss)
+    with pytest.raises(UserError, match="differ in length"):
+        Problem(model, (x, y[:-1]), loss)
+    with pytest.raises(UserError, match="unknown loss"):
+        Problem(model, (x, y), "hinge")
+    with pytest.raises(UserError, match="matches no parameter"):
+        Problem(model, (x, y), loss, params="nothing_like_this")
+    with pytest.raises(UserError, match="empty"):
+        Problem(model, (x[:0], y[:0]), loss)
