@@ -8,7 +8,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
-import click
 import typer
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -27,7 +26,6 @@ app = typer.Typer(
 )
 out_console = Console()
 err_console = Console(stderr=True)
-DEBUG = {"on": False}
 
 
 @contextmanager
@@ -37,7 +35,11 @@ def stage_progress(enabled: bool) -> Iterator[Callable[[str], None]]:
         yield lambda _label: None
         return
     with Progress(
-        SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err_console, transient=True
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=True,
     ) as progress:
         task = progress.add_task("starting", total=None)
         yield lambda label: progress.update(task, description=label)
@@ -67,13 +69,20 @@ def summary_table(result: Any) -> Table:
         (
             "lambda_max(H)",
             _fmt(r.lambda_max),
-            f"residual {_fmt(r.lambda_max_residual)}, {r.lambda_max_products} products to tol" if r.lambda_max is not None else "",
+            f"residual {_fmt(r.lambda_max_residual)}, {r.lambda_max_products} products to tol"
+            if r.lambda_max is not None
+            else "",
         ),
-        ("top eigenvalues", ", ".join(f"{x:.4g}" for x in r.top_eigenvalues) if r.top_eigenvalues else "-", ""),
+        (
+            "top eigenvalues",
+            ", ".join(f"{x:.4g}" for x in r.top_eigenvalues) if r.top_eigenvalues else "-",
+            "",
+        ),
         (
             "lambda_min(H)",
             _fmt(r.lambda_min),
-            f"error bound {_fmt(r.lambda_min_error_bound)}, {'converged' if r.lambda_min_converged else 'NOT converged'}"
+            f"error bound {_fmt(r.lambda_min_error_bound)}, "
+            f"{'converged' if r.lambda_min_converged else 'NOT converged'}"
             if r.lambda_min is not None
             else "",
         ),
@@ -95,13 +104,15 @@ def summary_table(result: Any) -> Table:
 @app.command()
 def analyze(
     checkpoint: Annotated[
-        Path | None, typer.Argument(help="state_dict .pt/.pth/.ckpt, .safetensors or a landscape run's final.pt")
+        Path | None,
+        typer.Argument(help="state_dict .pt/.pth/.ckpt, .safetensors or a landscape run's final.pt"),
     ] = None,
     model: Annotated[
         str | None, typer.Option(help="built-in (mlp, cnn, transformer) or package.module:factory")
     ] = None,
     data: Annotated[
-        str | None, typer.Option(help="built-in (digits, text), a .pt/.npz file with x and y, or module:function")
+        str | None,
+        typer.Option(help="built-in (digits, text), a .pt/.npz file with x and y, or module:function"),
     ] = None,
     loss: Annotated[str | None, typer.Option(help="cross_entropy or mse (default: the model's)")] = None,
     samples: Annotated[int | None, typer.Option(help="use the first N samples (default: all)")] = None,
@@ -114,20 +125,34 @@ def analyze(
     trace_samples: Annotated[int, typer.Option(help="operator products per trace estimate")] = 96,
     tol: Annotated[float, typer.Option(help="relative accuracy of Lanczos eigenvalues")] = 1e-3,
     max_iter: Annotated[int, typer.Option(help="Lanczos steps at most (lambda_min needs the most)")] = 300,
-    params: Annotated[str | None, typer.Option(help="only parameters whose names match (comma-separated regexes)")] = None,
-    hvp_method: Annotated[str, typer.Option(help="auto, reuse, forward-over-reverse or double-backward")] = "auto",
-    exact: Annotated[bool, typer.Option(help="assemble the dense matrices and diagonalise (small models)")] = False,
+    params: Annotated[
+        str | None, typer.Option(help="only parameters whose names match (comma-separated regexes)")
+    ] = None,
+    hvp_method: Annotated[
+        str, typer.Option(help="auto, reuse, forward-over-reverse or double-backward")
+    ] = "auto",
+    exact: Annotated[
+        bool, typer.Option(help="assemble the dense matrices and diagonalise (small models)")
+    ] = False,
     seq_len: Annotated[int | None, typer.Option(help="sequence length of the text data")] = None,
+    threads: Annotated[int | None, typer.Option(help="torch threads (default: torch's choice)")] = None,
     out: Annotated[Path, typer.Option(help="output folder")] = Path("analysis"),
-    json_output: Annotated[bool, typer.Option("--json", help="print analysis.json to stdout instead of a table")] = False,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="print analysis.json to stdout instead of a table")
+    ] = False,
     trust_checkpoint: Annotated[
-        bool, typer.Option(help="allow full unpickling of a checkpoint that is not plain tensors (trusted files only)")
+        bool,
+        typer.Option(
+            help="allow full unpickling of a checkpoint that is not plain tensors (trusted files only)"
+        ),
     ] = False,
     debug: Annotated[bool, typer.Option(help="show tracebacks")] = False,
 ) -> None:
     """Measure the curvature of a checkpoint: eigenvalues, traces, GGN / functional-Hessian split,
     tau, spectral densities and per-layer values. Writes OUT/analysis.json, layers.csv, density.png."""
-    DEBUG["on"] = debug
+    del debug  # read by main(): it decides whether tracebacks are shown
+    import torch
+
     from landscape.analysis import analyze as run_analysis
     from landscape.analysis import parse_metrics
     from landscape.report.analysis_files import write_analysis
@@ -138,6 +163,10 @@ def analyze(
     chosen = parse_metrics(metrics)
     if samples is not None and samples < 1:
         raise UserError(f"--samples must be positive, got {samples}")
+    if threads is not None:
+        if threads < 1:
+            raise UserError(f"--threads must be positive, got {threads}")
+        torch.set_num_threads(threads)
     ensure_writable_dir(out)
     with stage_progress(not json_output) as report:
         report("loading model and data")
@@ -197,6 +226,12 @@ def list_builtin_models() -> None:
     out_console.print(table)
 
 
+def _error_line(message: str) -> None:
+    """One line on stderr, never wrapped (scripts grep it)."""
+    sys.stderr.write(f"error: {one_line(message)}\n")
+    sys.stderr.flush()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: one-line errors and a non-zero exit for bad input; tracebacks with --debug."""
     args = sys.argv[1:] if argv is None else argv
@@ -204,29 +239,26 @@ def main(argv: list[str] | None = None) -> int:
     try:
         app(args=args, standalone_mode=False, prog_name="landscape")
     except UserError as exc:
-        err_console.print(f"error: {exc}", markup=False, highlight=False)
+        _error_line(str(exc))
         if debug:
             raise
         return 1
-    except click.exceptions.Exit as exc:
-        return exc.exit_code
-    except click.exceptions.Abort:
-        err_console.print("aborted", markup=False)
-        return 130
-    except click.ClickException as exc:
-        err_console.print(f"error: {one_line(exc.format_message())}", markup=False, highlight=False)
-        return exc.exit_code
     except KeyboardInterrupt:
         err_console.print("interrupted", markup=False)
         return 130
-    except Exception as exc:  # a bug or an error from user code: one line unless --debug
+    except Exception as exc:
+        if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):  # click/typer usage errors
+            _error_line(exc.format_message())
+            return int(exc.exit_code)
+        if type(exc).__name__ == "Exit" and hasattr(exc, "exit_code"):
+            return int(exc.exit_code)
+        if type(exc).__name__ == "Abort":
+            err_console.print("aborted", markup=False)
+            return 130
+        # a bug or an error from user code: one line unless --debug
         if debug:
             raise
-        err_console.print(
-            f"error: {type(exc).__name__}: {one_line(exc)} (run with --debug for the traceback)",
-            markup=False,
-            highlight=False,
-        )
+        _error_line(f"{type(exc).__name__}: {one_line(exc)} (run with --debug for the traceback)")
         return 1
     return 0
 

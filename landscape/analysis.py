@@ -30,7 +30,12 @@ from landscape.curvature.decomposition import SharpnessSplit, sharpness_decompos
 from landscape.curvature.density import SpectralDensity, slq
 from landscape.curvature.eigen import dense_eigenvalues, lanczos
 from landscape.curvature.linear_operator import LinearOperator
-from landscape.curvature.operators import BlockOperator, GGNOperator, HessianOperator, functional_hessian_operator
+from landscape.curvature.operators import (
+    BlockOperator,
+    GGNOperator,
+    HessianOperator,
+    functional_hessian_operator,
+)
 from landscape.curvature.trace import block_traces, trace_estimate
 from landscape.errors import UserError
 from landscape.problem import Problem
@@ -184,16 +189,25 @@ def analyze(
     chosen = parse_metrics(metrics)
     if trace_method not in TRACE_METHODS:
         raise UserError(f"unknown trace method '{trace_method}' (choose from {', '.join(TRACE_METHODS)})")
-    for name, value, low in (("top-k", top_k, 1), ("trace samples", trace_samples, 2), ("max-iter", max_iter, 2)):
+    for name, value, low in (
+        ("top-k", top_k, 1),
+        ("trace samples", trace_samples, 2),
+        ("max-iter", max_iter, 2),
+    ):
         if value < low:
             raise UserError(f"{name} must be at least {low}, got {value}")
     if not (0 < tol < 1):
         raise UserError(f"tol must be in (0, 1), got {tol}")
     report = progress or _noop
-    problem = model if isinstance(model, Problem) else Problem(model, data, loss, params=params, batch_size=batch_size, dtype=dtype)
+    problem = (
+        model
+        if isinstance(model, Problem)
+        else Problem(model, data, loss, params=params, batch_size=batch_size, dtype=dtype)
+    )
     if exact and problem.num_params > EXACT_MAX_PARAMS:
         raise UserError(
-            f"--exact assembles a {problem.num_params}x{problem.num_params} matrix; allowed up to {EXACT_MAX_PARAMS} parameters"
+            f"--exact assembles a {problem.num_params}x{problem.num_params} matrix; "
+            f"allowed up to {EXACT_MAX_PARAMS} parameters"
         )
 
     report("gradient")
@@ -230,7 +244,12 @@ def analyze(
         if "trace" in chosen:
             report(f"trace of H ({trace_method})")
             tr = trace_estimate(H, method=trace_method, num_products=trace_samples, seed=seed + 1)
-            out.update(trace=tr.estimate, trace_stderr=tr.stderr, trace_method=trace_method, trace_products=tr.num_products)
+            out.update(
+                trace=tr.estimate,
+                trace_stderr=tr.stderr,
+                trace_method=trace_method,
+                trace_products=tr.num_products,
+            )
         if "ggn" in chosen:
             assert G is not None
             report("GGN lambda_max")
@@ -238,7 +257,12 @@ def analyze(
             report(f"GGN trace ({trace_method})")
             gtr = trace_estimate(G, method=trace_method, num_products=trace_samples, seed=seed + 3)
             report(f"functional-Hessian trace ({trace_method})")
-            ftr = trace_estimate(functional_hessian_operator(problem, H, G), method=trace_method, num_products=trace_samples, seed=seed + 4)
+            ftr = trace_estimate(
+                functional_hessian_operator(problem, H, G),
+                method=trace_method,
+                num_products=trace_samples,
+                seed=seed + 4,
+            )
             out.update(
                 ggn_lambda_max=gres.eigenvalues[0],
                 ggn_lambda_max_residual=gres.residuals[0],
@@ -309,7 +333,12 @@ def _density_payload(dens: SpectralDensity, num_points: int = 400) -> dict[str, 
 
 
 def _exact_metrics(
-    problem: Problem, H: LinearOperator, G: LinearOperator | None, chosen: tuple[str, ...], top_k: int, out: dict[str, Any]
+    problem: Problem,
+    H: LinearOperator,
+    G: LinearOperator | None,
+    chosen: tuple[str, ...],
+    top_k: int,
+    out: dict[str, Any],
 ) -> None:
     Hd = H.to_dense().double()
     Hd = (Hd + Hd.T) / 2
@@ -362,7 +391,9 @@ def _layer_metrics(
     for i, (name, sl) in enumerate(blocks):
         report(f"per-layer lambda_max: {name}")
         size = sl.stop - sl.start
-        lres = lanczos(BlockOperator(H, sl), k=1, which="LA", tol=tol, max_iter=min(size, 60), seed=seed + 7 + i)
+        lres = lanczos(
+            BlockOperator(H, sl), k=1, which="LA", tol=tol, max_iter=min(size, 60), seed=seed + 7 + i
+        )
         lsplit = split.layers[i]
         results.append(
             LayerResult(

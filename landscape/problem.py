@@ -28,31 +28,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from landscape.errors import UserError
+from landscape.models import unwrap_output
 
 LOSSES = ("cross_entropy", "mse")
 IGNORE_INDEX = -100
 # Default chunking: keep about this many model-output elements per batch (memory bound only).
 DEFAULT_OUTPUT_ELEMENTS_PER_BATCH = 1 << 21
-
-
-def unwrap_output(out: Any) -> Tensor:
-    """Return the prediction tensor of a model output.
-
-    Accepts a tensor, a tuple/list (first element), a dict (``"logits"``, else the first value) or
-    an object with a ``.logits`` attribute (Hugging Face ``ModelOutput``).
-    """
-    if isinstance(out, Tensor):
-        return out
-    if hasattr(out, "logits") and isinstance(out.logits, Tensor):
-        return out.logits
-    if isinstance(out, dict):
-        if "logits" in out:
-            return out["logits"]
-        if out:
-            return unwrap_output(next(iter(out.values())))
-    if isinstance(out, list | tuple) and out:
-        return unwrap_output(out[0])
-    raise UserError(f"cannot find the prediction tensor in a model output of type {type(out).__name__}")
 
 
 @dataclass
@@ -208,7 +189,9 @@ class Problem:
             if n not in chosen:
                 fixed[n] = p.detach().to(device=self.device, dtype=self.dtype)
         for n, b in model.named_buffers():
-            fixed[n] = b.to(device=self.device, dtype=self.dtype) if b.is_floating_point() else b.to(self.device)
+            fixed[n] = (
+                b.to(device=self.device, dtype=self.dtype) if b.is_floating_point() else b.to(self.device)
+            )
         self.fixed = fixed
         self.shapes = [self.params[n].shape for n in self.param_names]
         self.numels = [int(math.prod(s)) for s in self.shapes]
@@ -255,7 +238,9 @@ class Problem:
         pair = _as_pair(data)
         if pair is None:
             if not isinstance(data, Iterable):
-                raise UserError(f"cannot use {type(data).__name__} as data: give (x, y), a Dataset or a DataLoader")
+                raise UserError(
+                    f"cannot use {type(data).__name__} as data: give (x, y), a Dataset or a DataLoader"
+                )
             chunks = []
             for item in data:
                 if not (isinstance(item, tuple | list) and len(item) == 2):
@@ -269,7 +254,9 @@ class Problem:
             if batch_size is None:
                 per_item = max(1, int(y[:1].numel())) * 64
                 batch_size = max(1, DEFAULT_OUTPUT_ELEMENTS_PER_BATCH // per_item)
-            chunks = [(_slice(x, s, min(s + batch_size, n)), y[s : s + batch_size]) for s in range(0, n, batch_size)]
+            chunks = [
+                (_slice(x, s, min(s + batch_size, n)), y[s : s + batch_size]) for s in range(0, n, batch_size)
+            ]
         batches = []
         for x, y in chunks:
             xb, yb = self._convert_inputs(x), self._convert_targets(y)
@@ -292,10 +279,13 @@ class Problem:
             for batch in self.batches:
                 y = batch.targets[batch.targets != IGNORE_INDEX]
                 if y.numel() and (int(y.min()) < 0 or int(y.max()) >= C):
-                    raise UserError(f"labels out of range: found {int(y.min())}..{int(y.max())}, model has {C} classes")
+                    raise UserError(
+                        f"labels out of range: found {int(y.min())}..{int(y.max())}, model has {C} classes"
+                    )
         elif out.numel() != b.targets.numel():
             raise UserError(
-                f"model outputs of shape {tuple(out.shape)} do not match mse targets of shape {tuple(b.targets.shape)}"
+                f"model outputs of shape {tuple(out.shape)} do not match "
+                f"mse targets of shape {tuple(b.targets.shape)}"
             )
         if not torch.isfinite(out).all():
             raise UserError("the model produces NaN or infinite outputs on the data")
@@ -372,4 +362,3 @@ class Problem:
             "dtype": str(self.dtype).replace("torch.", ""),
             "mode": "eval (dropout off, BatchNorm running statistics)",
         }
-

@@ -79,16 +79,21 @@ def resolve_inputs(
         raise UserError(f"--model is required: a built-in ({names}) or an import path package.module:factory")
     builtin = model_spec in list_models()
     info = model_info(model_spec) if builtin else None
-    data_spec = data or config.get("data") or (info.default_data if info else None)
-    if not data_spec:
-        raise UserError("--data is required for a model given by import path (a built-in, a .pt/.npz file or module:function)")
-    loss_name = loss or config.get("loss") or (info.loss if info else "cross_entropy")
     kwargs = dict(config.get("model_kwargs") or {}) if model_spec == config.get("model") else {}
     torch.manual_seed(seed)
-    net = build_model(model_spec, **kwargs)
+    net = build_model(model_spec, **kwargs)  # first, so an unknown model name is what gets reported
+    data_spec = data or config.get("data") or (info.default_data if info else None)
+    if not data_spec:
+        raise UserError(
+            "--data is required for a model given by import path "
+            "(a built-in, a .pt/.npz file or module:function)"
+        )
+    loss_name = loss or config.get("loss") or (info.loss if info else "cross_entropy")
     if state is not None:
         load_into_model(net, state)
     net = net.to(dtype)
     length = seq_len or int(config.get("seq_len", 64))
     dataset = load_data(data_spec, samples=samples, seed=seed, seq_len=length, dtype=dtype)
-    return Inputs(net, dataset, loss_name, model_spec, data_spec, str(checkpoint) if checkpoint else None, config)
+    return Inputs(
+        net, dataset, loss_name, model_spec, data_spec, str(checkpoint) if checkpoint else None, config
+    )

@@ -172,13 +172,17 @@ class HessianOperator(_CurvatureOperator):
             return self._block_forward_over_reverse(V, self.problem.batches)
         return self._block_double_backward(V)
 
-    def _grad_of_grad(self, leaves: dict[str, Tensor], grads: tuple[Tensor, ...], V: Tensor, retain: bool) -> Tensor:
+    def _grad_of_grad(
+        self, leaves: dict[str, Tensor], grads: tuple[Tensor, ...], V: Tensor, retain: bool
+    ) -> Tensor:
         names = self.problem.param_names
         out = torch.empty_like(V)
         for j in range(V.shape[1]):
             vdict = self.problem.unflatten(V[:, j])
             keep = retain or j < V.shape[1] - 1
-            hv = torch.autograd.grad(grads, [leaves[n] for n in names], [vdict[n] for n in names], retain_graph=keep)
+            hv = torch.autograd.grad(
+                grads, [leaves[n] for n in names], [vdict[n] for n in names], retain_graph=keep
+            )
             out[:, j] = self.problem.flatten(hv)
         return out
 
@@ -298,8 +302,12 @@ class GGNOperator(_CurvatureOperator):
             try:
                 jv = torch.func.vmap(jvp)(tangents)
             except (NotImplementedError, RuntimeError):
-                jv = torch.stack([self._jvp_double_vjp(f, params, {n: t[i] for n, t in tangents.items()})
-                                  for i in range(V.shape[1])])
+                jv = torch.stack(
+                    [
+                        self._jvp_double_vjp(f, params, {n: t[i] for n, t in tangents.items()})
+                        for i in range(V.shape[1])
+                    ]
+                )
             hjv = output_hessian_product(zd, batch.targets, jv, problem.loss)
             jt = torch.func.vmap(vjp_fn)(hjv)[0]
             total += problem.flatten(jt)

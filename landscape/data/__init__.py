@@ -1,0 +1,37 @@
+"""Data: built-in digits and text corpora, ``.pt``/``.npz`` files, import paths; validation and batching."""
+
+from landscape.data.builtin import (
+    DIGITS_NUM_CLASSES,
+    TEXT_VOCAB_SIZE,
+    digits_tensors,
+    split_text_corpus,
+    text_corpus_bytes,
+    text_sequences,
+)
+from landscape.data.loaders import (
+    IGNORE_INDEX,
+    TASKS,
+    Dataset,
+    iterate_batches,
+    list_data,
+    load_data,
+    train_eval_split,
+    validate_labels,
+)
+
+__all__ = [
+    "DIGITS_NUM_CLASSES",
+    "IGNORE_INDEX",
+    "TASKS",
+    "TEXT_VOCAB_SIZE",
+    "Dataset",
+    "digits_tensors",
+    "iterate_batches",
+    "list_data",
+    "load_data",
+    "split_text_corpus",
+    "text_corpus_bytes",
+    "text_sequences",
+    "train_eval_split",
+    "validate_labels",
+]

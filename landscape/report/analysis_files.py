@@ -10,7 +10,9 @@ from landscape.report.figures import density_figure, save_png
 from landscape.report.files import dumps_json, staged_output
 
 
-def write_analysis(result: AnalysisResult, out_dir: Path, context: dict[str, Any] | None = None) -> list[Path]:
+def write_analysis(
+    result: AnalysisResult, out_dir: Path, context: dict[str, Any] | None = None
+) -> list[Path]:
     """Write ``analysis.json`` (every result plus ``context``: model, data, checkpoint, versions),
     ``layers.csv`` (when per-layer metrics ran) and ``density.png`` (when densities ran), atomically.
 

@@ -37,14 +37,20 @@ def dumps_json(value: Any) -> str:
 
 
 def ensure_writable_dir(path: Path) -> Path:
-    """Create ``path`` if needed and check that files can be written there (fail before long work)."""
+    """Check, before long work, that ``path`` is (or can be created as) a writable folder.
+
+    Creates nothing: a failed run leaves no empty folder behind.
+    """
     path = Path(path)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
-            pass
-    except OSError as exc:
-        raise UserError(f"cannot write to output folder {path}: {exc.strerror or exc}") from None
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UserError(f"cannot write to output folder {path}: {probe} is not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write to output folder {path}: {probe} is not writable")
     return path
 
 
@@ -52,6 +58,10 @@ def ensure_writable_dir(path: Path) -> Path:
 def staged_output(out_dir: Path) -> Iterator[Path]:
     """Yield a temporary folder; on success move every file in it into ``out_dir`` atomically."""
     out_dir = ensure_writable_dir(Path(out_dir))
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create output folder {out_dir}: {exc.strerror or exc}") from None
     tmp = Path(tempfile.mkdtemp(prefix=".staging-", dir=out_dir))
     try:
         yield tmp
