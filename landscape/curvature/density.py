@@ -1,0 +1,182 @@
+"""Spectral density of a symmetric operator by stochastic Lanczos quadrature (SLQ).
+
+For a unit vector ``v`` and the Lanczos tridiagonal ``T_m`` of ``(A, v)`` with eigenpairs
+``(theta_j, s_j)``, Gauss quadrature gives (Golub & Meurant, *Matrices, Moments and
+Quadrature with Applications*, 2010)
+
+    v^T f(A) v = sum_i (v . u_i)^2 f(lambda_i)  ~  sum_j tau_j f(theta_j),   tau_j = s_j[0]^2,
+
+exact for polynomials ``f`` of degree ``<= 2m - 1``. With ``v = z / sqrt(n)`` for a Rademacher
+``z``, ``E[n (v . u_i)^2] = 1``, so averaging over probes estimates the spectral measure
+``(1/n) sum_i delta(t - lambda_i)`` by the nodes ``theta`` and weights ``tau`` (Ubaru, Chen &
+Saad 2017, SIMAX, Alg. 1; Lin, Saad & Yang 2016; Ghorbani, Krishnan & Xiao 2019 for network
+Hessians). Broadening each node by a Gaussian gives a smooth density.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from landscape.curvature.eigen import lanczos_tridiagonal, seeded_generator
+from landscape.curvature.linear_operator import LinearOperator, as_operator
+from landscape.curvature.trace import rademacher_vectors
+
+
+@dataclass(frozen=True)
+class SpectralDensity:
+    """SLQ quadrature: ``nodes[i, j]`` (Ritz values of probe ``i``) with ``weights[i, j]``.
+
+    Each row of ``weights`` sums to 1; the spectral measure is estimated by
+    ``(1/p) sum_i sum_j weights[i, j] delta(t - nodes[i, j])``. Tensors are float64 on the CPU.
+    """
+
+    nodes: Tensor  # [num_probes, num_steps]
+    weights: Tensor  # [num_probes, num_steps]
+    n: int
+    num_products: int
+    seed: int
+
+    @property
+    def num_probes(self) -> int:
+        """Number of probe vectors ``p``."""
+        return int(self.nodes.shape[0])
+
+    @property
+    def num_steps(self) -> int:
+        """Lanczos steps (quadrature nodes) per probe ``m``."""
+        return int(self.nodes.shape[1])
+
+    @property
+    def lambda_min(self) -> float:
+        """Smallest node: an upper bound on ``lambda_min(A)`` (Ritz values interlace)."""
+        return float(self.nodes.min())
+
+    @property
+    def lambda_max(self) -> float:
+        """Largest node: a lower bound on ``lambda_max(A)``."""
+        return float(self.nodes.max())
+
+    def moment_samples(self, order: int) -> Tensor:
+        """Per-probe quadrature estimates ``sum_j weights[i, j] nodes[i, j]^order`` of ``tr(A^order)/n``."""
+        return (self.weights * self.nodes**order).sum(dim=1)
+
+    def moment(self, order: int) -> tuple[float, float]:
+        """Estimate of the spectral moment ``tr(A^order) / n`` and its standard error over probes.
+
+        For ``order <= 2m - 1`` the quadrature is exact per probe, so this is Hutchinson's estimator
+        of ``tr(A^order)`` (divided by ``n``) with the SLQ probes; the standard error is the sample
+        standard deviation over ``sqrt(p)`` (``inf`` for one probe).
+        """
+        samples = self.moment_samples(order)
+        stderr = float(samples.std(unbiased=True)) / math.sqrt(len(samples)) if len(samples) > 1 else math.inf
+        return float(samples.mean()), stderr
+
+    @property
+    def trace(self) -> float:
+        """SLQ trace estimate ``n * sum(weights * nodes) / p`` (= Hutchinson with the probes)."""
+        return self.n * self.moment(1)[0]
+
+    @property
+    def trace_stderr(self) -> float:
+        """Standard error of ``trace`` over probes."""
+        return self.n * self.moment(1)[1]
+
+    def default_sigma(self) -> float:
+        """Gaussian broadening: 1% of the node range (Ghorbani et al. use a similarly narrow kernel)."""
+        return 0.01 * self._width()
+
+    def _width(self) -> float:
+        width = self.lambda_max - self.lambda_min
+        scale = max(abs(self.lambda_max), abs(self.lambda_min))
+        return width if width > 1e-12 * scale and width > 0 else max(scale, 1.0) * 1e-3
+
+    def default_grid(self, num_points: int = 1000, margin: float = 0.1) -> Tensor:
+        """``num_points`` evenly spaced points spanning the nodes plus ``margin`` times their range
+        on each side (10 default broadenings, so the density integrates to 1 over the grid)."""
+        width = self._width()
+        return torch.linspace(
+            self.lambda_min - margin * width,
+            self.lambda_max + margin * width,
+            int(num_points),
+            dtype=torch.float64,
+        )
+
+    def density(self, grid: Tensor | np.ndarray | None = None, sigma: float | None = None) -> Tensor:
+        """Gaussian-broadened spectral density on ``grid``:
+
+            phi(t) = (1/p) sum_i sum_j weights[i, j] N(t; nodes[i, j], sigma^2),
+
+        which integrates to 1 over the real line (the smoothed density of Lin, Saad & Yang 2016 and
+        Ghorbani et al. 2019). Defaults: ``default_grid()`` and ``default_sigma()``.
+        """
+        grid_t = self.default_grid() if grid is None else torch.as_tensor(grid, dtype=torch.float64)
+        sigma = self.default_sigma() if sigma is None else float(sigma)
+        if sigma <= 0:
+            raise ValueError(f"sigma must be positive, got {sigma}")
+        nodes = self.nodes.reshape(-1)
+        weights = self.weights.reshape(-1) / self.num_probes
+        shape = grid_t.shape
+        z = (grid_t.reshape(-1, 1) - nodes) / sigma
+        values = (torch.exp(-0.5 * z**2) * weights).sum(dim=1) / (sigma * math.sqrt(2.0 * math.pi))
+        return values.reshape(shape)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly summary: nodes, weights, trace and its standard error, node range."""
+        trace, trace_stderr = self.trace, self.trace_stderr
+        return {
+            "n": self.n,
+            "num_probes": self.num_probes,
+            "num_steps": self.num_steps,
+            "num_products": self.num_products,
+            "seed": self.seed,
+            "nodes": self.nodes.tolist(),
+            "weights": self.weights.tolist(),
+            "lambda_min": self.lambda_min,
+            "lambda_max": self.lambda_max,
+            "trace": trace,
+            "trace_stderr": trace_stderr if math.isfinite(trace_stderr) else None,
+        }
+
+
+def slq(
+    op: LinearOperator | Tensor | np.ndarray,
+    num_probes: int = 8,
+    num_steps: int = 64,
+    seed: int = 0,
+) -> SpectralDensity:
+    """Stochastic Lanczos quadrature (Ubaru, Chen & Saad 2017, Alg. 1; Ghorbani et al. 2019).
+
+    For each of ``num_probes`` Rademacher probes ``z_i``, run ``num_steps`` Lanczos steps with full
+    reorthogonalisation from ``v = z_i / sqrt(n)`` and keep the eigenvalues ``theta_ij`` of the
+    tridiagonal ``T_i`` (nodes) and the squared first components of its unit eigenvectors
+    (weights). The ``p`` recurrences run in lockstep (``lanczos_tridiagonal``), so every step is ONE
+    ``matmat`` with ``p`` columns; total cost ``p * m`` products (``m = min(num_steps, n)``).
+
+    Defaults: ``m = 64`` steps resolve the outliers and the bulk's shape (the quadrature matches
+    the first ``2m - 1 = 127`` moments per probe); ``p = 8`` probes average the ``O(1/sqrt(p n))``
+    fluctuation of the weights. The result also reports the SLQ trace ``n * sum(w * theta) / p``
+    (identical to Hutchinson's estimate with the same probes) and spectral moments.
+    """
+    op = as_operator(op)
+    if num_probes < 1:
+        raise ValueError(f"num_probes must be >= 1, got {num_probes}")
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    generator = seeded_generator(seed)
+    probes = rademacher_vectors(op.n, int(num_probes), generator, op.device)
+    # The restart seed only matters after an (exact) breakdown; derive it from ``seed``.
+    tridiagonal = lanczos_tridiagonal(op, probes, num_steps, seed=seed + 1)
+    nodes, first_components, _ = tridiagonal.ritz()
+    return SpectralDensity(
+        nodes=nodes,
+        weights=first_components**2,
+        n=op.n,
+        num_products=tridiagonal.num_products,
+        seed=int(seed),
+    )
