@@ -205,6 +205,8 @@ def analyze(
     if json_output:
         out_console.file.write(dumps_json(result.to_dict() | {"context": context}))
         return
+    if inputs.note:
+        err_console.print(f"note: {inputs.note}", markup=False, highlight=False)
     out_console.print(summary_table(result))
     out_console.print("wrote " + ", ".join(str(p) for p in written))
 

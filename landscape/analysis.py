@@ -157,6 +157,7 @@ def analyze(
     trace_method: str = "xtrace",
     trace_samples: int = 96,
     layer_samples: int = 48,
+    layer_max_iter: int = 20,
     tol: float = 1e-3,
     max_iter: int = 300,
     density_probes: int = 3,
@@ -178,6 +179,7 @@ def analyze(
         trace_method: ``xtrace`` (default; Epperly et al. 2024), ``hutchpp`` or ``hutchinson``.
         trace_samples: operator products per trace estimate.
         layer_samples: Hutchinson probes for the per-layer traces.
+        layer_max_iter: Lanczos steps at most for each layer's lambda_max (its residual is reported).
         tol: relative accuracy for Lanczos (Ritz error bound <= tol * |theta|).
         max_iter: Lanczos steps at most (lambda_min needs many; see ``landscape.curvature.eigen``).
         exact: assemble dense H and G and diagonalise (small models only).
@@ -297,7 +299,7 @@ def analyze(
     layers: list[LayerResult] = []
     if "layers" in chosen:
         assert G is not None and split is not None
-        layers = _layer_metrics(problem, H, G, split, layer_samples, tol, seed, report)
+        layers = _layer_metrics(problem, H, G, split, layer_samples, layer_max_iter, tol, seed, report)
 
     report("done")
     return AnalysisResult(
@@ -378,6 +380,7 @@ def _layer_metrics(
     G: LinearOperator,
     split: SharpnessSplit,
     samples: int,
+    max_iter: int,
     tol: float,
     seed: int,
     report: Progress,
@@ -392,7 +395,7 @@ def _layer_metrics(
         report(f"per-layer lambda_max: {name}")
         size = sl.stop - sl.start
         lres = lanczos(
-            BlockOperator(H, sl), k=1, which="LA", tol=tol, max_iter=min(size, 60), seed=seed + 7 + i
+            BlockOperator(H, sl), k=1, which="LA", tol=tol, max_iter=min(size, max_iter), seed=seed + 7 + i
         )
         lsplit = split.layers[i]
         results.append(

@@ -21,6 +21,10 @@ from landscape.errors import UserError
 from landscape.models import build_model, list_models, model_info
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+# Without --samples, analysis uses at most this many targets (tokens for a language model): all 1797
+# digits, 128 sequences of 64 bytes of the text corpus. Curvature estimates on more data cost
+# proportionally more; ask for them explicitly.
+DEFAULT_MAX_TARGETS = 8192
 
 
 def parse_dtype(name: str) -> torch.dtype:
@@ -41,6 +45,7 @@ class Inputs:
     data_spec: str
     checkpoint: str | None
     config: dict[str, Any] = field(default_factory=dict)
+    note: str | None = None
 
     def context(self) -> dict[str, Any]:
         """Provenance for output files."""
@@ -51,6 +56,7 @@ class Inputs:
             "loss": self.loss,
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
+            "note": self.note,
         }
 
 
@@ -65,6 +71,7 @@ def resolve_inputs(
     dtype: torch.dtype = torch.float32,
     trust_checkpoint: bool = False,
     seq_len: int | None = None,
+    max_targets: int | None = DEFAULT_MAX_TARGETS,
 ) -> Inputs:
     """Build the model (``torch.manual_seed(seed)`` first, so built-in initialisations repeat),
     load the checkpoint's weights into it and load the data set."""

@@ -84,7 +84,7 @@ def test_exact_path_matches_dense():
 
 def test_layers_and_density_are_consistent():
     model, data, loss, problem, H, G, g = reference("mlp", n=30)
-    res = analyze(problem, metrics="layers,density", seed=1)
+    res = analyze(problem, metrics="layers,density", layer_max_iter=60, seed=1)
     assert [layer.name for layer in res.layers] == problem.param_names
     for layer, (name, sl) in zip(res.layers, problem.blocks(), strict=True):
         ref_tr = float(torch.trace(H[sl, sl]))

@@ -1,0 +1,299 @@
+"""Plain gradients and the parameter-space SAM family: SAM, ASAM, precond-SAM, m-SAM, RWSAM.
+
+Every rule here evaluates ``grad L`` at one or more parameter points and leaves the update to the
+base optimizer (weight decay therefore acts at the restored theta, as in davda54/sam).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from landscape.optim.base import (
+    BatchLoss,
+    GradientOracle,
+    GradientRule,
+    PerturbationRule,
+    RhoSchedule,
+    RngState,
+    _outputs,
+    batch_size,
+    frozen_norm_statistics,
+    model_oracle,
+    perturb_,
+    restore_,
+    slice_batch,
+    write_grads,
+)
+
+
+class PlainGradient(GradientRule):
+    """The plain batch gradient ``g = grad L(theta)`` (rules ``sgd``, ``adamw``, ``sgld``).
+
+    Cost: 1 forward + 1 backward. The name only records which base optimizer the CLI pairs it with.
+    """
+
+    cost = "1F+1B"
+    supports_closure = True
+
+    def __init__(self, name: str = "sgd", *, seed: int = 0) -> None:
+        super().__init__(seed=seed)
+        self.name = name
+
+    def _compute_with_oracle(
+        self,
+        oracle: GradientOracle,
+        model: nn.Module,
+        named: list[tuple[str, nn.Parameter]],
+        optimizer: torch.optim.Optimizer | None,
+    ) -> Tensor:
+        value, grads = oracle()
+        write_grads([p for _, p in named], grads)
+        return value
+
+
+class SAM(PerturbationRule):
+    """Sharpness-Aware Minimization: the gradient at the ascent point ``theta + e``.
+
+    ``g_SAM = grad L(theta + rho eps*)``, ``eps* = g / ||g||`` (Foret et al., ICLR 2021; seed 002
+    Eq. 2). The dependence of eps* on theta is dropped, as in the paper. With ``geometry`` the
+    same class gives ASAM and precond-SAM (see :class:`PerturbationRule`).
+
+    The perturbed pass replays the first pass's dropout masks and does not update BatchNorm
+    running statistics. Cost: 2 forward + 2 backward; memory: one copy of the trained parameters.
+    Default rho = 0.05 (davda54/sam and the google-research/sam CIFAR setting).
+    """
+
+    name = "sam"
+    cost = "2F+2B"
+    supports_closure = True
+
+    def _compute_with_oracle(
+        self,
+        oracle: GradientOracle,
+        model: nn.Module,
+        named: list[tuple[str, nn.Parameter]],
+        optimizer: torch.optim.Optimizer | None,
+    ) -> Tensor:
+        params = [p for _, p in named]
+        rng = RngState(params[0].device)
+        value, grads = oracle()
+        eps = self.perturbation(named, grads, self.current_rho(), optimizer)
+        del grads
+        saved = perturb_(params, eps)
+        try:
+            with frozen_norm_statistics(model):
+                rng.restore()
+                _, perturbed_grads = oracle()
+        finally:
+            restore_(params, saved)
+        write_grads(params, perturbed_grads)
+        return value
+
+
+class ASAM(SAM):
+    """Adaptive SAM: ``e = rho T^2 g / ||T g||``, ``T = |w| + eta`` on weight tensors, else 1.
+
+    Kwon et al., "ASAM: Adaptive Sharpness-Aware Minimization", ICML 2021 (the normalisation
+    operator T_w of their Eq. 11/Sec. 3; "weight tensors" = parameter names containing "weight",
+    as in the official SamsungLabs/ASAM code). Defaults rho = 0.5, eta = 0.01 (the official
+    class defaults); rho is about 10x SAM's. Cost as SAM.
+    """
+
+    name = "asam"
+
+    def __init__(
+        self,
+        rho: float = 0.5,
+        *,
+        eta: float = 0.01,
+        rho_warmup: int = 0,
+        rho_schedule: RhoSchedule | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(
+            rho, geometry="adaptive", eta=eta, rho_warmup=rho_warmup, rho_schedule=rho_schedule, seed=seed
+        )
+
+
+class PrecondSAM(SAM):
+    """Preconditioned SAM: ``g = grad L(theta + rho M^{-1} eps*)`` (seed 002 Eq. 12).
+
+    ``M = sqrt(v_hat) + eps_adam`` is the base AdamW's own denominator after its last completed
+    step t (``v_hat = exp_avg_sq / (1 - beta2^t)``); M = 1 before Adam's first step. eps* is
+    normalised first and preconditioned afterwards, so ``||e|| = rho ||M^{-1} eps*||``, which is
+    about ``rho sqrt(n) / ||g||`` once v tracks g^2: rho lives on a much smaller scale than SAM's.
+    Pass ``optimizer=<the AdamW>`` to :meth:`compute_gradient`. Default rho = 0.001 is ours (the
+    paper gives no value; tune it). Cost: SAM's plus one elementwise divide.
+    """
+
+    name = "precond-sam"
+
+    def __init__(
+        self,
+        rho: float = 0.001,
+        *,
+        rho_warmup: int = 0,
+        rho_schedule: RhoSchedule | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(rho, geometry="adam", rho_warmup=rho_warmup, rho_schedule=rho_schedule, seed=seed)
+
+
+class MSAM(PerturbationRule):
+    """m-SAM: SAM with one perturbation per micro-batch of m consecutive samples.
+
+    The batch is cut into micro-batches c of size m (the last one may be smaller). Each gets its
+    own ``e_c = rho g_c / ||g_c||``, ``g_c = grad L_c(theta)``, and the result is
+    ``sum_c (n_c / B) grad L_c(theta + e_c)`` (Foret et al. 2021, Sec. 4 "m-sharpness"; seed 003
+    studies why small m generalises better). m >= B is SAM. Micro-batches run one after another:
+    the FLOPs of SAM but B/m sequential steps. The returned loss is ``sum_c (n_c/B) L_c(theta)``.
+    BatchNorm running statistics are updated once per micro-batch by the unperturbed passes, as in
+    gradient accumulation; the perturbed passes leave them alone. Micro-batches without any
+    counted target (cross-entropy, all ``-100``) are skipped and B counts only the others.
+    """
+
+    name = "msam"
+    cost = "2F+2B (B/m sequential micro-batches)"
+
+    def __init__(
+        self,
+        rho: float = 0.05,
+        *,
+        m: int = 32,
+        rho_warmup: int = 0,
+        rho_schedule: RhoSchedule | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(rho, rho_warmup=rho_warmup, rho_schedule=rho_schedule, seed=seed)
+        if m < 1:
+            raise ValueError(f"micro-batch size m must be >= 1, got {m}")
+        self.m = int(m)
+
+    def _compute(
+        self,
+        model: nn.Module,
+        named: list[tuple[str, nn.Parameter]],
+        inputs: Any,
+        targets: Any,
+        loss: BatchLoss,
+        optimizer: torch.optim.Optimizer | None,
+    ) -> Tensor:
+        params = [p for _, p in named]
+        rho = self.current_rho()
+        total = batch_size(targets)
+        chunks = []
+        for start in range(0, total, self.m):
+            stop = min(start + self.m, total)
+            chunk_targets = slice_batch(targets, start, stop)
+            if bool(loss.sample_has_targets(chunk_targets).any()):
+                chunks.append((slice_batch(inputs, start, stop), chunk_targets, stop - start))
+        if not chunks:
+            raise ValueError("no micro-batch has a counted target")
+        counted = sum(n for _, _, n in chunks)
+        accumulated: list[Tensor | None] = [None] * len(params)
+        value = torch.zeros((), dtype=params[0].dtype, device=params[0].device)
+        for chunk_inputs, chunk_targets, n in chunks:
+            weight = n / counted
+            oracle = model_oracle(model, params, chunk_inputs, chunk_targets, loss)
+            rng = RngState(params[0].device)
+            chunk_value, grads = oracle()
+            eps = self.perturbation(named, grads, rho, optimizer)
+            del grads
+            saved = perturb_(params, eps)
+            try:
+                with frozen_norm_statistics(model):
+                    rng.restore()
+                    _, perturbed_grads = oracle()
+            finally:
+                restore_(params, saved)
+            value = value + weight * chunk_value
+            for i, g in enumerate(perturbed_grads):
+                if g is None:
+                    continue
+                accumulated[i] = (
+                    g * weight if accumulated[i] is None else accumulated[i].add_(g, alpha=weight)
+                )
+        write_grads(params, accumulated)
+        return value
+
+
+class RWSAM(PerturbationRule):
+    """Reweighted SAM, *our documented interpretation* (the published algorithm was not readable).
+
+    Seed 003 (Luo et al., arXiv 2509.18001) describes RW-SAM as sharpness-weighted sampling with
+    Gibbs weights from a finite-difference sharpness estimate, mimicking small-m m-SAM while the
+    batch stays parallel. Implemented here (issue 3's interpretation, not the paper's equations):
+
+    - per-sample sharpness ``s_i = l_i(theta + rho eps*) - l_i(theta)`` from the two forward passes
+      SAM already makes (eps* from the full-batch g);
+    - Gibbs weights ``w_i = B softmax(s / T)_i`` (T -> infinity gives w = 1, i.e. SAM);
+    - gradient of ``(1/B) sum_i w_i l_i`` at ``theta + rho eps*`` (built-in losses weight every
+      element of sample i by w_i inside the same mean, so w = 1 is exactly SAM's loss).
+
+    Samples without counted targets get weight 0 and B counts the others. Defaults rho = 0.05,
+    temperature T = 1.0 (ours; no published value). Cost as SAM. The last weights are kept in
+    ``last_sample_weights`` for inspection.
+    """
+
+    name = "rwsam"
+    cost = "2F+2B"
+
+    def __init__(
+        self,
+        rho: float = 0.05,
+        *,
+        temperature: float = 1.0,
+        rho_warmup: int = 0,
+        rho_schedule: RhoSchedule | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(rho, rho_warmup=rho_warmup, rho_schedule=rho_schedule, seed=seed)
+        if not temperature > 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
+        self.temperature = float(temperature)
+        self.last_sample_weights: Tensor | None = None
+
+    def sample_weights(self, sharpness: Tensor, counted: Tensor) -> Tensor:
+        """``w = B softmax(s / T)`` over the samples with targets (0 for the others)."""
+        n = counted.sum().to(sharpness.dtype)
+        if math.isinf(self.temperature):
+            return counted.to(sharpness.dtype)
+        logits = torch.where(counted, sharpness / self.temperature, torch.full_like(sharpness, -math.inf))
+        return n * torch.softmax(logits, dim=0)
+
+    def _compute(
+        self,
+        model: nn.Module,
+        named: list[tuple[str, nn.Parameter]],
+        inputs: Any,
+        targets: Any,
+        loss: BatchLoss,
+        optimizer: torch.optim.Optimizer | None,
+    ) -> Tensor:
+        params = [p for _, p in named]
+        rng = RngState(params[0].device)
+        with torch.enable_grad():
+            clean = loss.terms(_outputs(model(inputs)), targets)
+            value = clean.mean()
+            grads = list(torch.autograd.grad(value, params, allow_unused=True))
+        clean_losses = clean.per_sample()
+        del clean
+        eps = self.perturbation(named, grads, self.current_rho(), optimizer)
+        del grads
+        saved = perturb_(params, eps)
+        try:
+            with frozen_norm_statistics(model), torch.enable_grad():
+                rng.restore()
+                perturbed = loss.terms(_outputs(model(inputs)), targets)
+                sharpness = perturbed.per_sample() - clean_losses
+                weights = self.sample_weights(sharpness, loss.sample_has_targets(targets))
+                perturbed_grads = torch.autograd.grad(perturbed.weighted(weights), params, allow_unused=True)
+        finally:
+            restore_(params, saved)
+        self.last_sample_weights = weights
+        write_grads(params, perturbed_grads)
+        return value.detach()
