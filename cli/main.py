@@ -211,6 +211,79 @@ def analyze(
     out_console.print("wrote " + ", ".join(str(p) for p in written))
 
 
+@app.command()
+def surface(
+    checkpoint: Annotated[Path | None, typer.Argument(help="checkpoint at the centre of the slices")] = None,
+    model: Annotated[str | None, typer.Option(help="built-in or package.module:factory")] = None,
+    data: Annotated[str | None, typer.Option(help="built-in, .pt/.npz file or module:function")] = None,
+    loss: Annotated[str | None, typer.Option(help="cross_entropy or mse")] = None,
+    samples: Annotated[int | None, typer.Option(help="use the first N samples")] = None,
+    kind: Annotated[str, typer.Option(help="1d, 2d or both")] = "both",
+    other: Annotated[
+        Path | None, typer.Option(help="a second checkpoint: also the 1D path between the two")
+    ] = None,
+    distance: Annotated[float, typer.Option(help="slice half-width in filter norms")] = 1.0,
+    steps: Annotated[int, typer.Option(help="points along the 1D slice")] = 41,
+    grid: Annotated[int, typer.Option(help="points per axis of the 2D slice")] = 21,
+    include_1d_params: Annotated[
+        bool, typer.Option(help="also move biases and norm parameters (default: fixed, as Li et al.)")
+    ] = False,
+    dtype: Annotated[str, typer.Option(help="float32 or float64")] = "float32",
+    seed: Annotated[int, typer.Option(help="seeds the random directions")] = 0,
+    out: Annotated[Path, typer.Option(help="output folder")] = Path("surface"),
+    trust_checkpoint: Annotated[
+        bool, typer.Option(help="allow full unpickling (trusted files only)")
+    ] = False,
+    debug: Annotated[bool, typer.Option(help="show tracebacks")] = False,
+) -> None:
+    """Loss-landscape slices around a checkpoint: 1D and 2D filter-normalised random directions
+    (Li et al. 2018) and, with --other, the linear path between two checkpoints."""
+    del debug
+    from landscape.checkpoints import load_state_dict
+    from landscape.problem import Problem
+    from landscape.report.analysis_files import write_surface
+    from landscape.report.files import ensure_writable_dir
+    from landscape.resolve import parse_dtype, resolve_inputs
+    from landscape.surface import compute_surface
+
+    if kind not in ("1d", "2d", "both"):
+        raise UserError(f"--kind must be 1d, 2d or both, got '{kind}'")
+    torch_dtype = parse_dtype(dtype)
+    ensure_writable_dir(out)
+    with stage_progress(True) as report:
+        report("loading model and data")
+        inputs = resolve_inputs(
+            checkpoint,
+            model,
+            data,
+            loss,
+            samples=samples,
+            seed=seed,
+            dtype=torch_dtype,
+            trust_checkpoint=trust_checkpoint,
+        )
+        problem = Problem(inputs.model, inputs.data, inputs.loss, dtype=torch_dtype)
+        other_params = None
+        if other is not None:
+            other_params = load_state_dict(other, trust_checkpoint=trust_checkpoint)
+        result = compute_surface(
+            problem,
+            line=kind in ("1d", "both"),
+            plane=kind in ("2d", "both"),
+            other=other_params,
+            distance=distance,
+            line_steps=steps,
+            plane_steps=grid,
+            ignore_1d=not include_1d_params,
+            seed=seed,
+            progress=report,
+        )
+        report("writing files")
+        written = write_surface(result, out, inputs.context() | {"other": str(other) if other else None})
+    out_console.print(f"loss at the checkpoint {result.center_loss:.6g}")
+    out_console.print("wrote " + ", ".join(str(p) for p in written))
+
+
 @app.command(name="models")
 def list_builtin_models() -> None:
     """List the built-in models and data sets."""

@@ -33,3 +33,20 @@ def write_analysis(
             save_png(density_figure(result.density, title=title), tmp / "density.png")
             names.append("density.png")
     return [out_dir / n for n in names]
+
+
+def write_surface(surface: Any, out_dir: Path, context: dict[str, Any] | None = None) -> list[Path]:
+    """Write ``surface.json`` and ``surface-line.png`` / ``surface-plane.png`` / ``surface-path.png``."""
+    from landscape.report.figures import surface_figures
+
+    out_dir = Path(out_dir)
+    payload = surface.to_dict()
+    if context:
+        payload["context"] = context
+    names = ["surface.json"]
+    with staged_output(out_dir) as tmp:
+        (tmp / "surface.json").write_text(dumps_json(payload))
+        for key, fig in surface_figures(payload).items():
+            save_png(fig, tmp / f"surface-{key}.png")
+            names.append(f"surface-{key}.png")
+    return [out_dir / n for n in names]

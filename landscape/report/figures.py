@@ -37,6 +37,7 @@ def density_figure(density: dict[str, dict[str, list[float]]], title: str = "") 
         if nodes.size:
             heavy = nodes[weights > 1e-3 * weights.max()] if weights.size == nodes.size else nodes
             ax.plot(heavy, np.full_like(heavy, floor * 3), "|", color="C3", ms=8, label="SLQ nodes")
+            ax.legend(loc="upper right", fontsize=8)
         ax.set_title(DENSITY_LABELS.get(key, key), fontsize=10)
         ax.set_xlabel("eigenvalue")
         ax.set_ylabel("spectral density (log scale)")
@@ -51,3 +52,53 @@ def save_png(fig: Figure, path: Any) -> None:
     """Save a figure as PNG with reproducible bytes (no software/date metadata) and close it."""
     fig.savefig(path, format="png", dpi=110, metadata=PNG_METADATA)
     plt.close(fig)
+
+
+def surface_figures(surface: dict[str, Any], title: str = "") -> dict[str, Figure]:
+    """Figures of a :class:`landscape.surface.Surface` dict: ``line`` (1D slice), ``plane`` (2D
+    contour, log-spaced levels when losses span decades) and ``path`` (interpolation)."""
+    figs: dict[str, Figure] = {}
+    if surface.get("line"):
+        fig, ax = plt.subplots(figsize=(5.2, 3.6))
+        ax.plot(surface["line"]["alphas"], surface["line"]["losses"], color="C0", lw=1.6)
+        ax.axvline(0.0, color="0.6", lw=0.8, ls=":")
+        ax.set_xlabel("alpha (filter-normalised direction, units of filter norm)")
+        ax.set_ylabel("mean loss")
+        ax.set_title(title or "1D loss slice", fontsize=10)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        figs["line"] = fig
+    if surface.get("plane"):
+        p = surface["plane"]
+        z = np.asarray(p["losses"], dtype=float)
+        fig, ax = plt.subplots(figsize=(5.0, 4.2))
+        a, b = np.meshgrid(p["alphas"], p["betas"], indexing="ij")
+        lo, hi = float(np.nanmin(z)), float(np.nanmax(z))
+        if lo > 0 and hi / lo > 30:
+            levels = np.geomspace(lo, hi, 25)
+            norm = matplotlib.colors.LogNorm(vmin=lo, vmax=hi)
+        else:
+            levels = np.linspace(lo, hi, 25)
+            norm = None
+        cs = ax.contourf(a, b, z, levels=levels, norm=norm, cmap="viridis")
+        ax.contour(a, b, z, levels=levels, colors="k", linewidths=0.3, alpha=0.5)
+        fig.colorbar(cs, ax=ax, label="mean loss" + (" (log scale)" if norm is not None else ""))
+        ax.plot([0], [0], "r*", ms=9, label="checkpoint")
+        ax.set_xlabel("alpha (direction 1)")
+        ax.set_ylabel("beta (direction 2)")
+        ax.set_title(title or "2D loss slice (filter-normalised)", fontsize=10)
+        ax.legend(loc="upper right", fontsize=8)
+        fig.tight_layout()
+        figs["plane"] = fig
+    if surface.get("path"):
+        fig, ax = plt.subplots(figsize=(5.2, 3.6))
+        ax.plot(surface["path"]["alphas"], surface["path"]["losses"], color="C2", lw=1.6)
+        for t, label in ((0.0, "checkpoint A"), (1.0, "checkpoint B")):
+            ax.axvline(t, color="0.5", lw=0.8, ls=":")
+            ax.text(t, ax.get_ylim()[1], label, ha="center", va="bottom", fontsize=8)
+        ax.set_xlabel("t in (1 - t) theta_A + t theta_B")
+        ax.set_ylabel("mean loss")
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        figs["path"] = fig
+    return figs
