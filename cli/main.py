@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from cli.train import prune_eval, train
 from landscape.errors import UserError, one_line
 
 app = typer.Typer(
@@ -299,6 +300,10 @@ def list_builtin_models() -> None:
     for name, desc in list_data().items():
         table.add_row("data", name, desc)
     out_console.print(table)
+
+
+app.command(name="train")(train)
+app.command(name="prune-eval")(prune_eval)
 
 
 def _error_line(message: str) -> None:

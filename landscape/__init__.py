@@ -59,7 +59,9 @@ __all__ = [
 ]
 
 
-def hessian(model: "nn.Module", data: Any, loss: str = "cross_entropy", **problem_options: Any) -> "HessianOperator":
+def hessian(
+    model: nn.Module, data: Any, loss: str = "cross_entropy", **problem_options: Any
+) -> HessianOperator:
     """The loss Hessian H of ``model`` on ``data`` as a linear operator (see :class:`Problem` for options)."""
     from landscape.curvature.operators import HessianOperator
     from landscape.problem import Problem
@@ -68,7 +70,7 @@ def hessian(model: "nn.Module", data: Any, loss: str = "cross_entropy", **proble
     return HessianOperator(Problem(model, data, loss, **problem_options), method=method)
 
 
-def ggn(model: "nn.Module", data: Any, loss: str = "cross_entropy", **problem_options: Any) -> "GGNOperator":
+def ggn(model: nn.Module, data: Any, loss: str = "cross_entropy", **problem_options: Any) -> GGNOperator:
     """The generalized Gauss-Newton matrix G (Functional-SAM Eq. 8) as a linear operator."""
     from landscape.curvature.operators import GGNOperator
     from landscape.problem import Problem
@@ -77,7 +79,9 @@ def ggn(model: "nn.Module", data: Any, loss: str = "cross_entropy", **problem_op
     return GGNOperator(Problem(model, data, loss, **problem_options), method=method)
 
 
-def functional_hessian(model: "nn.Module", data: Any, loss: str = "cross_entropy", **problem_options: Any) -> "LinearOperator":
+def functional_hessian(
+    model: nn.Module, data: Any, loss: str = "cross_entropy", **problem_options: Any
+) -> LinearOperator:
     """The functional Hessian H_F = H - G (Functional-SAM Eq. 8) as a linear operator."""
     from landscape.curvature.operators import functional_hessian_operator
     from landscape.problem import Problem

@@ -15,16 +15,16 @@ import torch
 from torch import nn
 
 from landscape.checkpoints import load_checkpoint, load_into_model
-from landscape.data import load_data
+from landscape.data import load_data, train_eval_split
 from landscape.data.loaders import Dataset
 from landscape.errors import UserError
 from landscape.models import build_model, list_models, model_info
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 # Without --samples, analysis uses at most this many targets (tokens for a language model): all 1797
-# digits, 128 sequences of 64 bytes of the text corpus. Curvature estimates on more data cost
+# digits, 64 sequences of 64 bytes of the text corpus. Curvature estimates on more data cost
 # proportionally more; ask for them explicitly.
-DEFAULT_MAX_TARGETS = 8192
+DEFAULT_MAX_TARGETS = 4096
 
 
 def parse_dtype(name: str) -> torch.dtype:
@@ -100,7 +100,15 @@ def resolve_inputs(
         load_into_model(net, state)
     net = net.to(dtype)
     length = seq_len or int(config.get("seq_len", 64))
-    dataset = load_data(data_spec, samples=samples, seed=seed, seq_len=length, dtype=dtype)
+    # A training run's checkpoint whose data was split into train and eval parts: analyse the
+    # training part (the loss that was minimised), unless other data was asked for.
+    split = config.get("train_split") if not data and data_spec == config.get("data") else None
+    dataset = load_data(data_spec, samples=None if split else samples, seed=seed, seq_len=length, dtype=dtype)
+    note = None
+    if split:
+        dataset = train_eval_split(dataset, float(split["eval_fraction"]), int(split["seed"]))[0]
+        dataset = dataset.subset(slice(0, samples)) if samples else dataset
+        note = f"data: the run's training split of {data_spec} ({len(dataset)} items)"
     return Inputs(
-        net, dataset, loss_name, model_spec, data_spec, str(checkpoint) if checkpoint else None, config
+        net, dataset, loss_name, model_spec, data_spec, str(checkpoint) if checkpoint else None, config, note
     )

@@ -39,7 +39,11 @@ def tiny_case(kind: str, seed: int = 0, n: int = 24) -> tuple[nn.Module, tuple[T
     else:
         raise ValueError(kind)
     model = model.double()
-    return model, (x.double() if x.is_floating_point() else x, y.double() if y.is_floating_point() else y), loss
+    return (
+        model,
+        (x.double() if x.is_floating_point() else x, y.double() if y.is_floating_point() else y),
+        loss,
+    )
 
 
 def _flat_outputs(problem: Problem, theta: Tensor, inputs: Tensor) -> Tensor:

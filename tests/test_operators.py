@@ -65,7 +65,9 @@ def test_symmetry(case, method):
     H = HessianOperator(case["problem"], method=method)
     g = torch.Generator().manual_seed(1)
     u, v = torch.randn(2, H.n, generator=g, dtype=torch.float64)
-    assert abs(float(u @ H.matvec(v)) - float(H.matvec(u) @ v)) < 1e-12 * float(u.norm() * v.norm() * case["H"].abs().max())
+    assert abs(float(u @ H.matvec(v)) - float(H.matvec(u) @ v)) < 1e-12 * float(
+        u.norm() * v.norm() * case["H"].abs().max()
+    )
 
 
 @pytest.mark.parametrize("batch_size", [1, 5])
