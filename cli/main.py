@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from cli.report import demo, report
 from cli.train import prune_eval, train
 from landscape.errors import UserError, one_line
 
@@ -304,6 +305,8 @@ def list_builtin_models() -> None:
 
 app.command(name="train")(train)
 app.command(name="prune-eval")(prune_eval)
+app.command(name="report")(report)
+app.command(name="demo")(demo)
 
 
 def _error_line(message: str) -> None:
@@ -317,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
     try:
-        app(args=args, standalone_mode=False, prog_name="landscape")
+        code = app(args=args, standalone_mode=False, prog_name="landscape")
     except UserError as exc:
         _error_line(str(exc))
         if debug:
@@ -340,7 +343,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         _error_line(f"{type(exc).__name__}: {one_line(exc)} (run with --debug for the traceback)")
         return 1
-    return 0
+    # standalone_mode=False: click returns the exit code (130 after Ctrl-C) instead of raising
+    return code if isinstance(code, int) else 0
 
 
 def entry_point() -> None:

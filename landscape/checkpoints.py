@@ -43,6 +43,7 @@ __all__ = [
     "load_state_dict",
     "read_checkpoint_metadata",
     "save_atomic",
+    "torch_load",
     "strip_common_prefix",
     "unsafe_globals",
 ]
@@ -145,7 +146,7 @@ def unsafe_globals(path: str | os.PathLike[str]) -> list[str]:
 # Loading
 
 
-def _torch_load(p: Path, trust_checkpoint: bool) -> Any:
+def torch_load(p: Path, trust_checkpoint: bool) -> Any:
     if trust_checkpoint:
         cwd = os.getcwd()
         if cwd not in sys.path:  # classes of a pickled model may live next to where the command runs
@@ -282,7 +283,7 @@ def load_checkpoint(
     p = _checked_path(path)
     if p.suffix.lower() in SAFETENSORS_SUFFIXES:
         return _load_safetensors(p), _safetensors_metadata(p)
-    obj = _torch_load(p, trust_checkpoint)
+    obj = torch_load(p, trust_checkpoint)
     return _extract_state_dict(obj, p), _config_of(obj)
 
 
@@ -311,7 +312,7 @@ def read_checkpoint_metadata(
     p = _checked_path(path)
     if p.suffix.lower() in SAFETENSORS_SUFFIXES:
         return _safetensors_metadata(p)
-    return _config_of(_torch_load(p, trust_checkpoint))
+    return _config_of(torch_load(p, trust_checkpoint))
 
 
 def _with_prefix_fixed(sd: dict[str, Tensor], expected: set[str]) -> dict[str, Tensor]:

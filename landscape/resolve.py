@@ -109,6 +109,13 @@ def resolve_inputs(
         dataset = train_eval_split(dataset, float(split["eval_fraction"]), int(split["seed"]))[0]
         dataset = dataset.subset(slice(0, samples)) if samples else dataset
         note = f"data: the run's training split of {data_spec} ({len(dataset)} items)"
+    if samples is None and max_targets is not None:
+        per_sample = max(1, dataset.y[:1].numel())
+        keep = max(1, max_targets // per_sample)
+        if keep < len(dataset):
+            cap = f"using the first {keep} of {len(dataset)} items ({keep * per_sample} targets); --samples N changes it"
+            note = f"{note}; {cap}" if note else cap
+            dataset = dataset.subset(slice(0, keep))
     return Inputs(
         net, dataset, loss_name, model_spec, data_spec, str(checkpoint) if checkpoint else None, config, note
     )

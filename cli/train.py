@@ -1,0 +1,472 @@
+"""``landscape train`` and ``landscape prune-eval``: parse, call ``landscape.train``, print. No math here.
+
+Registered in ``cli/main.py``; this module does not import it (``python -m cli.main`` runs that
+file as ``__main__``, and importing it again from here would build a second app).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from landscape.errors import UserError
+
+if TYPE_CHECKING:
+    from landscape.train import RunSummary, TrainProgress
+
+out_console = Console()
+err_console = Console(stderr=True)
+
+# Options that make up a run's configuration: with --resume they come from config.json instead.
+_CONFIG_OPTIONS = (
+    "model",
+    "data",
+    "eval_data",
+    "eval_fraction",
+    "loss",
+    "seq_len",
+    "method",
+    "base",
+    "lr",
+    "momentum",
+    "weight_decay",
+    "rho",
+    "rho_warmup",
+    "phi",
+    "micro_batch",
+    "temperature",
+    "sigma",
+    "beta",
+    "eta",
+    "steps",
+    "batch_size",
+    "schedule",
+    "warmup",
+    "seed",
+    "dtype",
+    "init",
+    "checkpoint_every",
+    "log_every",
+    "diagnose_every",
+    "diagnose_samples",
+    "final_analysis",
+    "final_metrics",
+    "final_samples",
+    "out",
+)
+
+
+def _short(value: Any, digits: int = 4) -> str:
+    return "-" if value is None else f"{value:.{digits}g}"
+
+
+def _status(event: TrainProgress) -> str:
+    """The live text after the bar: loss, then the last diagnostics."""
+    parts = []
+    if event.loss is not None:
+        parts.append(f"loss {event.loss:.4f}")
+    diag = event.diagnostics
+    if diag:
+        parts.append(
+            f"eval {_short(diag.get('eval_loss'))} | lmax {_short(diag.get('lambda_max'), 3)} "
+            f"trH {_short(diag.get('trace'), 3)} trG {_short(diag.get('ggn_trace'), 3)} "
+            f"tau_logit {_short(diag.get('tau_logit'), 2)} tau_func {_short(diag.get('tau_func'), 2)}"
+        )
+    if event.phase == "diagnose":
+        parts.append("diagnosing...")
+    elif event.phase == "analysis":
+        parts.append(f"final analysis: {event.label}")
+    return "  ".join(parts)
+
+
+@contextmanager
+def training_progress(enabled: bool) -> Iterator[Callable[[TrainProgress], None]]:
+    """A transient progress bar on stderr (one per run) with live loss and the last diagnostics."""
+    if not enabled:
+        yield lambda _event: None
+        return
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[status]}"),
+        console=err_console,
+        transient=True,
+    ) as bar:
+        tasks: dict[str, TaskID] = {}
+
+        def update(event: TrainProgress) -> None:
+            if event.run not in tasks:
+                tasks[event.run] = bar.add_task(event.run, total=event.steps, status="")
+            bar.update(tasks[event.run], completed=event.step, status=_status(event))
+
+        yield update
+
+
+def summary_table(summaries: list[RunSummary]) -> Table:
+    """One row per run: last training loss, eval loss and accuracy, the unigram baseline's eval
+    loss, the final analysis's curvature (when it ran) and the training seconds."""
+    table = Table(title="training summary", show_header=True, header_style="bold")
+    for column in (
+        "run",
+        "steps",
+        "train",
+        "eval",
+        "acc",
+        "unigram",
+        "lmax(H)",
+        "tr(H)",
+        "tr(G)",
+        "tau_logit",
+        "s",
+    ):
+        table.add_column(column, justify="left" if column == "run" else "right")
+    for s in summaries:
+        table.add_row(
+            s.name,
+            str(s.steps),
+            _short(s.train_loss),
+            _short(s.eval_loss),
+            _short(s.eval_accuracy, 3),
+            _short(s.unigram_eval_loss),
+            _short(s.lambda_max),
+            _short(s.trace),
+            _short(s.ggn_trace),
+            _short(s.tau_logit, 3),
+            f"{s.train_seconds:.1f}",
+        )
+    return table
+
+
+def _stopped(message: str) -> None:
+    """Print one line and exit with status 130 (the shell's code for Ctrl-C).
+
+    SystemExit rather than KeyboardInterrupt: typer turns the latter into a return value that
+    ``main()`` does not pass on, and this way the message is the only line.
+    """
+    err_console.print(message, markup=False, highlight=False, soft_wrap=True)
+    raise SystemExit(130)
+
+
+def train(
+    model: Annotated[
+        str | None, typer.Option(help="built-in (mlp, cnn, transformer) or package.module:factory")
+    ] = None,
+    data: Annotated[
+        str | None,
+        typer.Option(
+            help="training data: built-in (digits, text, text-train), .pt/.npz file or module:function"
+        ),
+    ] = None,
+    eval_data: Annotated[
+        str | None, typer.Option(help="separate evaluation data (then all of --data trains)")
+    ] = None,
+    eval_fraction: Annotated[
+        float | None, typer.Option(help="held-out random part of --data [default: 0.1]")
+    ] = None,
+    loss: Annotated[str | None, typer.Option(help="cross_entropy or mse (default: the model's)")] = None,
+    seq_len: Annotated[
+        int | None, typer.Option(help="sequence length of the text data [default: 64]")
+    ] = None,
+    method: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="gradient rule (adamw, sgd, sam, func-sam, precond-func-sam, fsgld, ...); repeat for a suite"
+        ),
+    ] = None,
+    base: Annotated[
+        str | None, typer.Option(help="base optimizer adamw or sgd [default: the method's]")
+    ] = None,
+    lr: Annotated[
+        float | None, typer.Option(help="learning rate [default: adamw 1e-3, sgd/sgld 0.1]")
+    ] = None,
+    momentum: Annotated[float | None, typer.Option(help="SGD momentum [default: 0.9]")] = None,
+    weight_decay: Annotated[float | None, typer.Option(help="decoupled weight decay [default: 0]")] = None,
+    rho: Annotated[
+        str | None,
+        typer.Option(help="perturbation radius, or a comma list for a sweep [default: the method's]"),
+    ] = None,
+    rho_warmup: Annotated[int | None, typer.Option(help="linear rho warm-up steps")] = None,
+    phi: Annotated[float | None, typer.Option(help="angle-sam: angle between the two paths")] = None,
+    micro_batch: Annotated[int | None, typer.Option(help="msam: micro-batch size m")] = None,
+    temperature: Annotated[float | None, typer.Option(help="rwsam: Gibbs temperature")] = None,
+    sigma: Annotated[float | None, typer.Option(help="fsgld: perturbation scale")] = None,
+    beta: Annotated[float | None, typer.Option(help="sgld/fsgld: inverse temperature")] = None,
+    eta: Annotated[float | None, typer.Option(help="asam: T = |w| + eta; fsgld: sigma exponent")] = None,
+    steps: Annotated[int | None, typer.Option(help="optimizer updates [default: 500]")] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help="samples per step [default: 64; 32 sequences for text]")
+    ] = None,
+    schedule: Annotated[str | None, typer.Option(help="constant or cosine [default: constant]")] = None,
+    warmup: Annotated[
+        int | None, typer.Option(help="linear learning-rate warm-up steps [default: 0]")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="seeds init, data order and every random draw")] = None,
+    dtype: Annotated[str | None, typer.Option(help="float32 or float64 [default: float32]")] = None,
+    init: Annotated[Path | None, typer.Option(help="start from the weights in this checkpoint")] = None,
+    no_shuffle: Annotated[bool, typer.Option("--no-shuffle", help="batches in data order")] = False,
+    checkpoint_every: Annotated[
+        int | None, typer.Option(help="checkpoint every K steps (0: only at the end) [default: 100]")
+    ] = None,
+    log_every: Annotated[
+        int | None, typer.Option(help="log the training loss every K steps [default: 10]")
+    ] = None,
+    diagnose_every: Annotated[
+        int | None, typer.Option(help="curvature diagnostics every K steps (0: off) [default: 0]")
+    ] = None,
+    diagnose_samples: Annotated[
+        int | None, typer.Option(help="size of the fixed diagnostic subset [default: ~1024 targets]")
+    ] = None,
+    final_analysis: Annotated[
+        bool | None,
+        typer.Option(
+            "--final-analysis/--no-final-analysis",
+            help="analyze final.pt at the end [default: when diagnosing]",
+        ),
+    ] = None,
+    final_metrics: Annotated[
+        str | None, typer.Option(help="metrics of the final analysis [default: eigen,trace,ggn,tau]")
+    ] = None,
+    final_samples: Annotated[
+        int | None, typer.Option(help="training items for the final analysis [default: ~2048 targets]")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="run folder (a suite: one folder per run in it) [default: runs/NAME]")
+    ] = None,
+    resume: Annotated[
+        Path | None, typer.Option(help="continue the run (or suite) in this folder from its last checkpoint")
+    ] = None,
+    threads: Annotated[int | None, typer.Option(help="torch threads (default: torch's choice)")] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="print the summaries as JSON")] = False,
+    debug: Annotated[bool, typer.Option(help="show tracebacks")] = False,
+) -> None:
+    """Train a model with one or more optimizers and record the curvature along the way.
+
+    Writes a run folder: config.json, metrics.jsonl, checkpoints/step-N.pt, final.pt, summary.json
+    (and analysis.json when diagnosing). Several --method values or a --rho list run a suite: one
+    folder per run under --out, same initial weights and data order, and suite.json.
+    """
+    del debug  # read by main()
+    import torch
+
+    from landscape.train import (
+        RunConfig,
+        TrainingInterrupted,
+        expand_suite,
+        parse_float_list,
+        train_run,
+        train_suite,
+    )
+
+    given = {name: value for name, value in locals().items() if name in _CONFIG_OPTIONS and value is not None}
+    if no_shuffle:
+        given["no_shuffle"] = True
+    if threads is not None:
+        if threads < 1:
+            raise UserError(f"--threads must be positive, got {threads}")
+        torch.set_num_threads(threads)
+    show = not json_output and err_console.is_terminal
+    try:
+        with training_progress(show) as report:
+            if resume is not None:
+                if given:
+                    flags = ", ".join("--" + name.replace("_", "-") for name in given)
+                    raise UserError(f"--resume continues with the run's config.json; drop {flags}")
+                if (resume / "suite.json").is_file():
+                    summaries = train_suite(None, resume, report, resume=True)
+                else:
+                    summaries = [train_run(None, resume, report, resume=True)]
+                where = resume
+            else:
+                options: dict[str, Any] = {
+                    "model": model,
+                    "data": data,
+                    "eval_data": eval_data,
+                    "loss": loss,
+                    "base": base,
+                    "lr": lr,
+                    "momentum": momentum,
+                    "rho_warmup": rho_warmup,
+                    "phi": phi,
+                    "micro_batch": micro_batch,
+                    "temperature": temperature,
+                    "sigma": sigma,
+                    "beta": beta,
+                    "eta": eta,
+                    "batch_size": batch_size,
+                    "init": str(init) if init is not None else None,
+                    "diagnose_samples": diagnose_samples,
+                    "final_analysis": final_analysis,
+                    "final_samples": final_samples,
+                }
+                for key, value in (
+                    ("eval_fraction", eval_fraction),
+                    ("seq_len", seq_len),
+                    ("weight_decay", weight_decay),
+                    ("steps", steps),
+                    ("schedule", schedule),
+                    ("warmup_steps", warmup),
+                    ("seed", seed),
+                    ("dtype", dtype),
+                    ("checkpoint_every", checkpoint_every),
+                    ("log_every", log_every),
+                    ("diagnose_every", diagnose_every),
+                    ("final_metrics", final_metrics),
+                ):
+                    if value is not None:
+                        options[key] = value
+                options["shuffle"] = not no_shuffle
+                if eval_data is not None and eval_fraction is not None:
+                    raise UserError("give --eval-data or --eval-fraction, not both")
+                if options.get("seed", 0) < 0:
+                    raise UserError(f"--seed must be non-negative, got {seed}")
+                rhos = parse_float_list(rho, "--rho")
+                runs = expand_suite(RunConfig(**options), method or [], rhos)
+                if len(runs) == 1:
+                    where = out or Path("runs") / (runs[0].name or "run")
+                    summaries = [train_run(runs[0], where, report)]
+                else:
+                    where = out or Path("runs") / "suite"
+                    summaries = train_suite(runs, where, report)
+    except TrainingInterrupted as exc:
+        _stopped(
+            f"stopped at step {exc.step} (checkpoint written); continue with: "
+            f"landscape train --resume {exc.resume_dir}"
+        )
+    except KeyboardInterrupt:  # a second Ctrl-C, or one before training started
+        _stopped("interrupted; a run folder with checkpoints continues with: landscape train --resume DIR")
+    if json_output:
+        payload = [s.to_dict() for s in summaries]
+        out_console.file.write(json.dumps(payload if len(payload) > 1 else payload[0], indent=2) + "\n")
+        return
+    out_console.print(summary_table(summaries))
+    out_console.print(f"wrote {where}", markup=False, highlight=False, soft_wrap=True)
+
+
+def prune_eval(
+    checkpoint: Annotated[Path, typer.Argument(help="a run's final.pt / step checkpoint, or any state dict")],
+    sparsity: Annotated[
+        str, typer.Option(help="comma list of fractions of weights to zero, e.g. 0.1,0.2,0.5")
+    ] = "0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9",
+    model: Annotated[
+        str | None, typer.Option(help="built-in or package.module:factory (default: from the checkpoint)")
+    ] = None,
+    data: Annotated[
+        str | None, typer.Option(help="evaluation data (default: the run's held-out data)")
+    ] = None,
+    loss: Annotated[str | None, typer.Option(help="cross_entropy or mse (default: the model's)")] = None,
+    samples: Annotated[int | None, typer.Option(help="evaluate on the first N items")] = None,
+    include_all: Annotated[
+        bool, typer.Option(help="rank every parameter, biases and norm gains too (default: weights only)")
+    ] = False,
+    seq_len: Annotated[int | None, typer.Option(help="sequence length of the text data")] = None,
+    dtype: Annotated[str, typer.Option(help="float32 or float64")] = "float32",
+    seed: Annotated[
+        int, typer.Option(help="seeds the model construction (weights come from the checkpoint)")
+    ] = 0,
+    out: Annotated[Path | None, typer.Option(help="output folder [default: the checkpoint's folder]")] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="print the results as JSON")] = False,
+    trust_checkpoint: Annotated[
+        bool, typer.Option(help="allow full unpickling of the checkpoint (trusted files only)")
+    ] = False,
+    threads: Annotated[int | None, typer.Option(help="torch threads (default: torch's choice)")] = None,
+    debug: Annotated[bool, typer.Option(help="show tracebacks")] = False,
+) -> None:
+    """One-shot global magnitude pruning: eval loss of CHECKPOINT with the smallest weights zeroed.
+
+    Writes OUT/prune-<checkpoint name>.json and .csv (Functional-SAM Fig. 5).
+    """
+    del debug
+    import pandas as pd
+    import torch
+
+    from landscape.report.files import dumps_json, ensure_writable_dir, staged_output
+    from landscape.resolve import parse_dtype, resolve_inputs
+    from landscape.train.config import eval_split_from_config
+    from landscape.train.prune import parse_sparsities
+    from landscape.train.prune import prune_eval as run_prune_eval
+
+    torch_dtype = parse_dtype(dtype)
+    levels = parse_sparsities(sparsity)
+    if samples is not None and samples < 1:
+        raise UserError(f"--samples must be positive, got {samples}")
+    if threads is not None:
+        if threads < 1:
+            raise UserError(f"--threads must be positive, got {threads}")
+        torch.set_num_threads(threads)
+    out_dir = out or checkpoint.parent
+    ensure_writable_dir(out_dir)
+    inputs = resolve_inputs(
+        checkpoint,
+        model,
+        data,
+        loss,
+        samples=samples,
+        seed=seed,
+        dtype=torch_dtype,
+        trust_checkpoint=trust_checkpoint,
+        seq_len=seq_len,
+    )
+    evaluation_data = inputs.data
+    data_label = inputs.data_spec
+    if data is None:
+        held_out = eval_split_from_config(inputs.config, torch_dtype)
+        if held_out is not None:
+            evaluation_data = held_out.subset(slice(0, samples)) if samples else held_out
+            data_label = f"held-out data of the run ({inputs.config.get('eval_data') or inputs.data_spec})"
+        else:
+            data_label = f"{inputs.data_spec} (the checkpoint names no held-out data)"
+    results = run_prune_eval(inputs.model, evaluation_data, inputs.loss, levels, include_all=include_all)
+    payload = {
+        "checkpoint": str(checkpoint),
+        "model": inputs.model_spec,
+        "data": data_label,
+        "num_items": len(evaluation_data),
+        "include_all": include_all,
+        "results": [r.to_dict() for r in results],
+    }
+    stem = checkpoint.stem
+    with staged_output(out_dir) as tmp:
+        (tmp / f"prune-{stem}.json").write_text(dumps_json(payload))
+        pd.DataFrame([r.to_dict() for r in results]).to_csv(
+            tmp / f"prune-{stem}.csv", index=False, float_format="%.8g"
+        )
+    if json_output:
+        out_console.file.write(dumps_json(payload))
+        return
+    table = Table(title=f"one-shot global magnitude pruning on {data_label}", header_style="bold")
+    for column in ("sparsity", "pruned", "threshold |w|", "eval loss", "eval acc"):
+        table.add_column(column, justify="right")
+    for r in results:
+        table.add_row(
+            f"{r.sparsity:.3g}",
+            f"{r.num_pruned}/{r.num_prunable}",
+            _short(r.threshold),
+            _short(r.eval_loss),
+            _short(r.eval_accuracy, 3),
+        )
+    out_console.print(table)
+    out_console.print(
+        f"wrote {out_dir / f'prune-{stem}.json'}, {out_dir / f'prune-{stem}.csv'}",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )

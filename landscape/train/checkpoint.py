@@ -1,0 +1,120 @@
+"""Run checkpoints: everything needed to continue a run bit for bit, written atomically.
+
+``checkpoints/step-N.pt`` (after N updates) holds::
+
+    {"format": "landscape.train", "version": 1, "step": N,
+     "model": state_dict, "optimizer": base optimizer state, "rule": rule.state_dict(),
+     "rng": {"torch": global CPU RNG state, "cuda": [per-device states] or None},
+     "data_order": the batch sampler's state (its generator, permutation and position),
+     "pending_losses": batch losses since the last logged step, "elapsed_s": training time so far,
+     "config": the run configuration (see RunConfig.checkpoint_config)}
+
+``final.pt`` is ``{"model": state_dict, "config": ...}``: the layout of
+:mod:`landscape.checkpoints`, so ``landscape analyze runs/x/final.pt`` rebuilds model and data from
+the stored config with no other argument. Everything is tensors, numbers, strings, lists and dicts,
+so both load with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from landscape.checkpoints import save_atomic, torch_load
+from landscape.errors import UserError
+
+__all__ = [
+    "CHECKPOINT_DIR",
+    "FORMAT",
+    "checkpoint_path",
+    "final_payload",
+    "latest_checkpoint",
+    "list_checkpoints",
+    "load_run_checkpoint",
+    "rng_state",
+    "save_run_checkpoint",
+    "set_rng_state",
+]
+
+FORMAT = "landscape.train"
+VERSION = 1
+CHECKPOINT_DIR = "checkpoints"
+_STEP_FILE = re.compile(r"^step-(\d+)\.pt$")
+_REQUIRED = ("step", "model", "optimizer", "rule", "rng", "data_order", "config")
+
+
+def checkpoint_path(run_dir: Path, step: int) -> Path:
+    """``run_dir/checkpoints/step-<step>.pt``."""
+    return Path(run_dir) / CHECKPOINT_DIR / f"step-{int(step)}.pt"
+
+
+def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    """``(step, path)`` of the run's step checkpoints, in step order (temporary files ignored)."""
+    folder = Path(run_dir) / CHECKPOINT_DIR
+    if not folder.is_dir():
+        return []
+    found = []
+    for path in folder.iterdir():
+        match = _STEP_FILE.match(path.name)
+        if match and path.is_file():
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def latest_checkpoint(run_dir: Path) -> tuple[int, Path] | None:
+    """The step checkpoint with the highest step, or ``None``."""
+    found = list_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def rng_state() -> dict[str, Any]:
+    """The global torch RNG states: CPU, and every CUDA device when CUDA is initialised."""
+    cuda = (
+        torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    )
+    return {"torch": torch.random.get_rng_state(), "cuda": cuda}
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore what :func:`rng_state` returned."""
+    torch.random.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_run_checkpoint(path: Path, state: Mapping[str, Any]) -> Path:
+    """Write a step checkpoint atomically (temporary file + rename, see ``save_atomic``)."""
+    payload = {"format": FORMAT, "version": VERSION, **state}
+    missing = [k for k in _REQUIRED if k not in payload]
+    if missing:
+        raise ValueError(f"run checkpoint lacks {missing}")
+    return save_atomic(payload, path)
+
+
+def load_run_checkpoint(path: Path) -> dict[str, Any]:
+    """Read a step checkpoint with ``torch.load(weights_only=True)``; ``UserError`` if it is not one."""
+    path = Path(path)
+    obj = torch_load(path, trust_checkpoint=False)
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        raise UserError(f"{path} is not a landscape training checkpoint")
+    if obj.get("version") != VERSION:
+        raise UserError(f"{path} is a version {obj.get('version')} training checkpoint; expected {VERSION}")
+    missing = [k for k in _REQUIRED if k not in obj]
+    if missing:
+        raise UserError(f"training checkpoint {path} lacks {', '.join(missing)}")
+    return obj
+
+
+def model_state(model: nn.Module) -> dict[str, Tensor]:
+    """A detached copy of the model's state dict (safe to save while training goes on)."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def final_payload(model: nn.Module, config: Mapping[str, Any]) -> dict[str, Any]:
+    """``final.pt``: ``{"model": state_dict, "config": config}``."""
+    return {"model": model_state(model), "config": dict(config)}
