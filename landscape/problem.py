@@ -17,6 +17,7 @@ serves reverse-mode, forward-mode and double-backward differentiation.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 from collections.abc import Iterable, Sequence
@@ -34,6 +35,15 @@ LOSSES = ("cross_entropy", "mse")
 IGNORE_INDEX = -100
 # Default chunking: keep about this many model-output elements per batch (memory bound only).
 DEFAULT_OUTPUT_ELEMENTS_PER_BATCH = 1 << 21
+
+
+def _math_attention() -> contextlib.AbstractContextManager[Any]:
+    """Force scaled_dot_product_attention onto its differentiable math path (no-op on old torch)."""
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:  # torch < 2.3
+        return contextlib.nullcontext()
+    return sdpa_kernel(SDPBackend.MATH)
 
 
 @dataclass
@@ -294,10 +304,13 @@ class Problem:
     def outputs(self, params: dict[str, Tensor], inputs: Any) -> Tensor:
         """Model predictions at ``params`` (a dict name -> tensor) for one batch of inputs."""
         state = {**self.fixed, **params}
-        if isinstance(inputs, dict):
-            out = torch.func.functional_call(self.model, state, (), inputs)
-        else:
-            out = torch.func.functional_call(self.model, state, (inputs,))
+        # The fused CPU SDPA kernels (Hugging Face's default attention) have neither double-backward
+        # nor forward-mode derivatives; the math path computes the same attention and has both.
+        with _math_attention():
+            if isinstance(inputs, dict):
+                out = torch.func.functional_call(self.model, state, (), inputs)
+            else:
+                out = torch.func.functional_call(self.model, state, (inputs,))
         return unwrap_output(out)
 
     def batch_loss_sum(self, params: dict[str, Tensor], batch: Batch) -> Tensor:

@@ -513,6 +513,9 @@ def test_registry_and_factory():
         "rwsam",
         "sgld",
         "fsgld",
+        "lora",
+        "fmlora",
+        "efmlora",
     }
     for name, spec in RULES.items():
         rule = make_rule(name, sigma=0.01) if name == "fsgld" else make_rule(name)

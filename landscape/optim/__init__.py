@@ -14,8 +14,10 @@ A *gradient rule* forms the training gradient and fills ``p.grad``; a *base opti
 """
 
 from landscape.optim.base import BatchLoss, GradientRule, PerturbationRule, adam_denominator
+from landscape.optim.flat_lora import EFMLoRA, FMLoRA, LoRADiagnostics, LoRAGradient
 from landscape.optim.functional_sam import AngleSAM, FunctionalSAM, LogitSAM, PrecondFunctionalSAM
 from landscape.optim.langevin import FSGLD, SGLD, fsgld_sigma
+from landscape.optim.lora import LoRAFactors, LoRALinear, add_lora, lora_layers, merge_lora
 from landscape.optim.rules import RULES, RuleSpec, make_base_optimizer, make_rule
 from landscape.optim.sam import ASAM, MSAM, RWSAM, SAM, PlainGradient, PrecondSAM
 from landscape.optim.sharpness import m_sharpness
@@ -23,6 +25,8 @@ from landscape.optim.wrapper import SharpnessAwareOptimizer
 
 __all__ = [
     "ASAM",
+    "EFMLoRA",
+    "FMLoRA",
     "FSGLD",
     "MSAM",
     "RULES",
@@ -33,6 +37,10 @@ __all__ = [
     "BatchLoss",
     "FunctionalSAM",
     "GradientRule",
+    "LoRADiagnostics",
+    "LoRAFactors",
+    "LoRAGradient",
+    "LoRALinear",
     "LogitSAM",
     "PerturbationRule",
     "PlainGradient",
@@ -41,8 +49,11 @@ __all__ = [
     "RuleSpec",
     "SharpnessAwareOptimizer",
     "adam_denominator",
+    "add_lora",
     "fsgld_sigma",
+    "lora_layers",
     "m_sharpness",
     "make_base_optimizer",
     "make_rule",
+    "merge_lora",
 ]

@@ -22,12 +22,15 @@ import torch
 from torch import Tensor
 
 from landscape.optim.base import GradientRule, PerturbationRule
+from landscape.optim.flat_lora import EFMLoRA, FMLoRA, LoRAGradient
 from landscape.optim.functional_sam import AngleSAM, FunctionalSAM, LogitSAM, PrecondFunctionalSAM
 from landscape.optim.langevin import FSGLD, SGLD, fsgld_sigma
 from landscape.optim.sam import ASAM, MSAM, RWSAM, SAM, PlainGradient, PrecondSAM
 
 __all__ = [
     "ASAM",
+    "EFMLoRA",
+    "FMLoRA",
     "FSGLD",
     "MSAM",
     "RULES",
@@ -37,6 +40,7 @@ __all__ = [
     "AngleSAM",
     "FunctionalSAM",
     "GradientRule",
+    "LoRAGradient",
     "LogitSAM",
     "PerturbationRule",
     "PlainGradient",
@@ -124,6 +128,28 @@ RULES: dict[str, RuleSpec] = {
             "reweighted SAM (our interpretation of seed 003): Gibbs weights B softmax(s/T) on per-sample "
             "finite-difference sharpness, gradient of the reweighted loss at the SAM point",
             "2F+2B",
+            "adamw",
+        ),
+        RuleSpec(
+            "lora",
+            LoRAGradient,
+            "plain LoRA: the adapters' gradient (W = W0 + s B A, s = alpha/r), stepped by AdamW",
+            "1F+1B",
+            "adamw",
+        ),
+        RuleSpec(
+            "fmlora",
+            FMLoRA,
+            "FMLoRA: grad at B + E_B, E_B = (1/s) Ebar_W A^+ from the Eq. 12 full-space estimate "
+            "(seed 001 Eqs. 12-15)",
+            "2F+2B + r x r pseudo-inverses per layer",
+            "adamw",
+        ),
+        RuleSpec(
+            "efmlora",
+            EFMLoRA,
+            "EFMLoRA: grad at B + EMA of past E_B, next E_B from the same pass (seed 001)",
+            "1F+1B + r x r pseudo-inverses per layer",
             "adamw",
         ),
         RuleSpec(
