@@ -212,14 +212,14 @@ def analyze(
             f"allowed up to {EXACT_MAX_PARAMS} parameters"
         )
 
-    report("gradient")
-    loss_value = problem.loss_value()
-    gradient = problem.gradient()
-    grad_norm = float(gradient.double().norm())
     report("building operators")
+    loss_value = problem.loss_value()
     H = HessianOperator(problem, method=hvp_method)
+    # With retained graphs the gradient and the GGN's linearisation come off H's graphs for free.
+    gradient = H.gradient()
+    grad_norm = float(gradient.double().norm())
     needs_ggn = any(m in chosen for m in ("ggn", "tau", "density", "layers"))
-    G = GGNOperator(problem) if needs_ggn else None
+    G = GGNOperator(problem, hessian=H) if needs_ggn else None
     out: dict[str, Any] = {}
 
     if exact:

@@ -35,7 +35,7 @@ from torch import Tensor
 
 from landscape.curvature.linear_operator import LinearOperator, SumOperator
 from landscape.errors import UserError
-from landscape.problem import Batch, Problem, output_hessian_product
+from landscape.problem import Batch, Problem, loss_sum, output_hessian_product
 
 HVP_METHODS = ("auto", "reuse", "forward-over-reverse", "double-backward")
 GGN_METHODS = ("auto", "reuse", "stream")
@@ -126,6 +126,9 @@ class HessianOperator(_CurvatureOperator):
             raise UserError(f"unknown HVP method '{method}' (choose from {', '.join(HVP_METHODS)})")
         self.requested_method = method
         self._graphs: list[tuple[dict[str, Tensor], tuple[Tensor, ...]]] | None = None
+        # Model outputs of the retained graphs (reuse route): a GGN operator built with
+        # ``GGNOperator(problem, hessian=H)`` linearises the model on them without a new forward.
+        self._outputs: list[Tensor] | None = None
         budget = default_memory_budget() if memory_budget is None else memory_budget
         if method == "auto":
             method = self._choose_method(budget)
@@ -136,26 +139,45 @@ class HessianOperator(_CurvatureOperator):
     def _choose_method(self, budget: int) -> str:
         probe = _SavedBytes()
         with probe:
-            graph = self._gradient_graph(self.problem.batches[0])
+            leaves, grads, outputs = self._gradient_graph(self.problem.batches[0])
         estimate = probe.bytes * len(self.problem.batches)
         if estimate <= budget:
-            self._graphs = [graph]
+            self._graphs, self._outputs = [(leaves, grads)], [outputs]
             self._build_graphs()
             return "reuse"
-        del graph
+        del leaves, grads, outputs
         return "forward-over-reverse" if self._forward_mode_works() else "double-backward"
 
-    def _gradient_graph(self, batch: Batch) -> tuple[dict[str, Tensor], tuple[Tensor, ...]]:
+    def _gradient_graph(self, batch: Batch) -> tuple[dict[str, Tensor], tuple[Tensor, ...], Tensor]:
+        """Leaves, the batch's summed-loss gradient WITH its graph, and the model outputs."""
         leaves = self._leaves()
-        loss = self.problem.batch_loss_sum(leaves, batch)
+        outputs = self.problem.outputs(leaves, batch.inputs)
+        loss = loss_sum(outputs, batch.targets, self.problem.loss)
         grads = torch.autograd.grad(loss, [leaves[n] for n in self.problem.param_names], create_graph=True)
-        return leaves, grads
+        return leaves, grads, outputs
 
     def _build_graphs(self) -> None:
         graphs = self._graphs or []
+        outputs = self._outputs or []
         for batch in self.problem.batches[len(graphs) :]:
-            graphs.append(self._gradient_graph(batch))
-        self._graphs = graphs
+            leaves, grads, z = self._gradient_graph(batch)
+            graphs.append((leaves, grads))
+            outputs.append(z)
+        self._graphs, self._outputs = graphs, outputs
+
+    def gradient(self) -> Tensor:
+        """The full-data gradient grad L (flat), as ``problem.gradient()`` computes it.
+
+        With retained graphs (``"reuse"``) it is read off them for free: they were built by
+        differentiating the loss, so no forward or backward pass is needed (tau_* needs the
+        gradient, one HVP and one GGN product; this saves the gradient's passes).
+        """
+        if self._graphs is None:
+            return self.problem.gradient()
+        total = torch.zeros(self.n, dtype=self.dtype, device=self.device)
+        for _, grads in self._graphs:
+            total += self.problem.flatten([g.detach() for g in grads])
+        return total / self.problem.num_targets
 
     def _forward_mode_works(self) -> bool:
         try:
@@ -196,7 +218,7 @@ class HessianOperator(_CurvatureOperator):
     def _block_double_backward(self, V: Tensor) -> Tensor:
         total = torch.zeros_like(V)
         for batch in self.problem.batches:
-            leaves, grads = self._gradient_graph(batch)
+            leaves, grads, _ = self._gradient_graph(batch)
             total += self._grad_of_grad(leaves, grads, V, retain=False)
         return total
 
@@ -221,6 +243,7 @@ class HessianOperator(_CurvatureOperator):
     def release(self) -> None:
         """Drop retained graphs (memory); later products fall back to streaming routes."""
         self._graphs = None
+        self._outputs = None
         if self.method == "reuse":
             self.method = "double-backward"
 
@@ -230,17 +253,36 @@ class GGNOperator(_CurvatureOperator):
 
     ``method="reuse"`` keeps per-batch output graphs (two backward passes per product, no forward);
     ``"stream"`` recomputes them per product with ``torch.func`` (jvp, output Hessian, vjp).
+
+    ``hessian``: a :class:`HessianOperator` of the same problem that holds retained graphs
+    (``"reuse"``); the GGN then linearises the model on that operator's forward passes instead of
+    running its own (same values, one forward pass per batch less; ``"auto"`` then reuses).
     """
 
     def __init__(
-        self, problem: Problem, method: str = "auto", block_size: int = 16, memory_budget: int | None = None
+        self,
+        problem: Problem,
+        method: str = "auto",
+        block_size: int = 16,
+        memory_budget: int | None = None,
+        hessian: HessianOperator | None = None,
     ) -> None:
         super().__init__(problem, block_size)
         if method not in GGN_METHODS:
             raise UserError(f"unknown GGN method '{method}' (choose from {', '.join(GGN_METHODS)})")
         self._graphs: list[tuple[dict[str, Tensor], Tensor, Tensor, Tensor]] | None = None
         budget = default_memory_budget() if memory_budget is None else memory_budget
-        if method == "auto":
+        shared = hessian is not None and hessian.problem is problem and hessian._outputs is not None
+        if shared and method in ("auto", "reuse"):
+            assert hessian is not None and hessian._graphs is not None and hessian._outputs is not None
+            # The Hessian's graphs already fit the budget and hold the forward graph; the
+            # linear J^T u graph added here is about one backward pass more.
+            self._graphs = [
+                self._linearise(leaves, z)
+                for (leaves, _), z in zip(hessian._graphs, hessian._outputs, strict=True)
+            ]
+            method = "reuse"
+        elif method == "auto":
             probe = _SavedBytes()
             with probe:
                 graph = self._linearisation(problem.batches[0])
@@ -259,7 +301,12 @@ class GGNOperator(_CurvatureOperator):
     def _linearisation(self, batch: Batch) -> tuple[dict[str, Tensor], Tensor, Tensor, Tensor]:
         """Leaves, outputs z (with graph), dummy u and J^T u (graph linear in u) for one batch."""
         leaves = self._leaves()
-        z = self.problem.outputs(leaves, batch.inputs)
+        return self._linearise(leaves, self.problem.outputs(leaves, batch.inputs))
+
+    def _linearise(
+        self, leaves: dict[str, Tensor], z: Tensor
+    ) -> tuple[dict[str, Tensor], Tensor, Tensor, Tensor]:
+        """Add the linear ``J^T u`` graph to outputs ``z`` computed (with graph) from ``leaves``."""
         u = torch.zeros_like(z, requires_grad=True)
         jtu = torch.autograd.grad(z, [leaves[n] for n in self.problem.param_names], u, create_graph=True)
         return leaves, z, u, self.problem.flatten(jtu)
