@@ -54,6 +54,11 @@ _CONFIG_OPTIONS = (
     "sigma",
     "beta",
     "eta",
+    "ema_new_weight",
+    "lora_normalization",
+    "lora_rank",
+    "lora_alpha",
+    "lora_targets",
     "steps",
     "batch_size",
     "schedule",
@@ -88,6 +93,8 @@ def _status(event: TrainProgress) -> str:
             f"trH {_short(diag.get('trace'), 3)} trG {_short(diag.get('ggn_trace'), 3)} "
             f"tau_logit {_short(diag.get('tau_logit'), 2)} tau_func {_short(diag.get('tau_func'), 2)}"
         )
+        if "cond_A_max" in diag:  # LoRA methods
+            parts.append(f"cond(A) {_short(diag.get('cond_A_max'), 3)}")
     if event.phase == "diagnose":
         parts.append("diagnosing...")
     elif event.phase == "analysis":
@@ -211,6 +218,29 @@ def train(
     sigma: Annotated[float | None, typer.Option(help="fsgld: perturbation scale")] = None,
     beta: Annotated[float | None, typer.Option(help="sgld/fsgld: inverse temperature")] = None,
     eta: Annotated[float | None, typer.Option(help="asam: T = |w| + eta; fsgld: sigma exponent")] = None,
+    lora_rank: Annotated[
+        int | None, typer.Option(help="lora/fmlora/efmlora: adapter rank r [default: 8]")
+    ] = None,
+    lora_alpha: Annotated[
+        float | None, typer.Option(help="lora/fmlora/efmlora: adapter alpha, scaling alpha/r [default: 16]")
+    ] = None,
+    lora_targets: Annotated[
+        str | None,
+        typer.Option(
+            help="lora/fmlora/efmlora: comma-separated regexes of the layers to adapt "
+            "(e.g. attn) [default: every nn.Linear]"
+        ),
+    ] = None,
+    ema_new_weight: Annotated[
+        float | None,
+        typer.Option(
+            help="efmlora: the paper's beta, weight of the NEW perturbation in the EMA [default: 0.99]"
+        ),
+    ] = None,
+    lora_normalization: Annotated[
+        str | None,
+        typer.Option(help="fmlora/efmlora: rho per layer or global [default: layer]"),
+    ] = None,
     steps: Annotated[int | None, typer.Option(help="optimizer updates [default: 500]")] = None,
     batch_size: Annotated[
         int | None, typer.Option(help="samples per step [default: 64; 32 sequences for text]")
@@ -262,7 +292,9 @@ def train(
 
     Writes a run folder: config.json, metrics.jsonl, checkpoints/step-N.pt, final.pt, summary.json
     (and analysis.json when diagnosing). Several --method values or a --rho list run a suite: one
-    folder per run under --out, same initial weights and data order, and suite.json.
+    folder per run under --out, same initial weights and data order, and suite.json. The LoRA
+    methods (lora, fmlora, efmlora) add adapters to the model (after --init's weights are loaded)
+    and train only them; see docs/lora.md.
     """
     del debug  # read by main()
     import torch
@@ -311,6 +343,11 @@ def train(
                     "sigma": sigma,
                     "beta": beta,
                     "eta": eta,
+                    "ema_new_weight": ema_new_weight,
+                    "lora_normalization": lora_normalization,
+                    "lora_rank": lora_rank,
+                    "lora_alpha": lora_alpha,
+                    "lora_targets": lora_targets,
                     "batch_size": batch_size,
                     "init": str(init) if init is not None else None,
                     "diagnose_samples": diagnose_samples,

@@ -89,6 +89,11 @@ def resolve_inputs(
     kwargs = dict(config.get("model_kwargs") or {}) if model_spec == config.get("model") else {}
     torch.manual_seed(seed)
     net = build_model(model_spec, **kwargs)  # first, so an unknown model name is what gets reported
+    if config and model_spec == config.get("model"):
+        # a LoRA run's checkpoint holds adapter weights: give the rebuilt model its adapters first
+        from landscape.train.config import add_run_adapters  # here: landscape.train imports this module
+
+        add_run_adapters(net, config)
     data_spec = data or config.get("data") or (info.default_data if info else None)
     if not data_spec:
         raise UserError(

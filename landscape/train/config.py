@@ -11,6 +11,8 @@ Defaults (chosen for the built-in models on a small CPU):
 * learning rate: AdamW 1e-3 (Functional-SAM Sec. 5 uses 1e-3 for every model size), SGD and
   SGLD 0.1; SGD momentum 0.9; weight decay 0.
 * rho and every other method option: the optimizer module's defaults (``docs/optimizers.md``).
+* LoRA methods (``lora``, ``fmlora``, ``efmlora``): adapters of rank 8 with alpha 16 on every
+  ``nn.Linear`` (``add_lora``'s defaults), the base weights frozen (``docs/lora.md``).
 * batch size: 64 samples for classification, 32 sequences for a language model; sequence
   length 64 (the built-in transformer's block size follows ``seq_len``).
 * 500 steps, constant learning rate (``cosine``: linear warm-up, then cosine decay to 0).
@@ -25,10 +27,12 @@ import dataclasses
 import inspect
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch import nn
 
 from landscape.data import Dataset, load_data, train_eval_split
 from landscape.errors import UserError
@@ -40,9 +44,11 @@ __all__ = [
     "CONFIG_VERSION",
     "DEFAULT_BATCH_SIZE",
     "DEFAULT_LR",
+    "LORA_METHODS",
     "METHOD_OPTIONS",
     "SCHEDULES",
     "RunConfig",
+    "add_run_adapters",
     "eval_split_from_config",
     "expand_suite",
     "format_rho",
@@ -67,9 +73,30 @@ DIAGNOSE_TARGETS = 1024
 FINAL_ANALYSIS_TARGETS = 2048
 
 # RunConfig field -> keyword of ``make_rule`` (the rest have the same name).
-_RULE_KEYWORDS = {"micro_batch": "m"}
-METHOD_OPTIONS = ("rho", "rho_warmup", "phi", "micro_batch", "temperature", "sigma", "beta", "eta")
+_RULE_KEYWORDS = {"micro_batch": "m", "lora_normalization": "normalization"}
+LORA_METHODS = ("lora", "fmlora", "efmlora")
+"""Methods that train low-rank adapters: the run adds them to the model (``add_lora``)."""
+# Options of the adapters themselves (read by add_lora, not by the rule): RunConfig field -> keyword
+_ADAPTER_KEYWORDS = {"lora_rank": "rank", "lora_alpha": "alpha", "lora_targets": "targets"}
+METHOD_OPTIONS = (
+    "rho",
+    "rho_warmup",
+    "phi",
+    "micro_batch",
+    "temperature",
+    "sigma",
+    "beta",
+    "eta",
+    "ema_new_weight",
+    "lora_normalization",
+    *_ADAPTER_KEYWORDS,
+)
 """Options that only some methods take; a method that does not take one ignores it (in a suite)."""
+_NORMALIZATIONS = ("layer", "global")
+# Mixed into the seed of the generator that draws the adapters' A: seeded with the run seed itself,
+# its stream would repeat the model's own initialisation (torch.manual_seed(seed)), and A would
+# start as a copy of rows of the first Linear weight.
+_ADAPTER_SEED_SALT = 0x10_2A_A0
 
 _ETA_METHODS = ("asam", "fsgld")
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=-]*$")
@@ -80,8 +107,11 @@ def method_takes(method: str, option: str) -> bool:
 
     Read from the rule's constructor signature; ``beta`` (SGLD's inverse temperature) is also
     taken by ``sgld``, whose rule is the plain gradient but whose base optimizer reads it;
-    ``eta`` only by ``asam`` (T = |w| + eta) and ``fsgld`` (sigma = beta^-(1+eta)/4).
+    ``eta`` only by ``asam`` (T = |w| + eta) and ``fsgld`` (sigma = beta^-(1+eta)/4); the
+    adapter options ``lora_rank``, ``lora_alpha``, ``lora_targets`` by the :data:`LORA_METHODS`.
     """
+    if option in _ADAPTER_KEYWORDS:
+        return method in LORA_METHODS
     if option == "beta" and RULES[method].base_optimizer == LANGEVIN_BASE:
         return True
     if option == "eta":  # SAM's constructor takes eta too, but only ASAM's geometry uses it
@@ -134,8 +164,14 @@ class RunConfig:
     Optimizer: ``method`` (a rule of :data:`landscape.optim.RULES`), ``base`` (``adamw`` or
     ``sgd``; Langevin methods use SGLD), ``lr``, ``momentum`` (SGD), ``weight_decay``, method
     options ``rho``, ``rho_warmup``, ``phi``, ``micro_batch`` (m-SAM's m), ``temperature``
-    (RW-SAM), ``sigma``, ``beta``, ``eta`` (SGLD/fSGLD); ``steps``, ``batch_size``, ``schedule``
-    (``constant`` or ``cosine``) with ``warmup_steps``, ``seed``, ``shuffle``.
+    (RW-SAM), ``sigma``, ``beta``, ``eta`` (SGLD/fSGLD), ``ema_new_weight`` (EFMLoRA's beta, the
+    weight of the new perturbation), ``lora_normalization`` (FMLoRA/EFMLoRA: ``layer`` or
+    ``global``); ``steps``, ``batch_size``, ``schedule`` (``constant`` or ``cosine``) with
+    ``warmup_steps``, ``seed``, ``shuffle``.
+
+    Adapters (LoRA methods only, see :func:`add_run_adapters`): ``lora_rank``, ``lora_alpha`` and
+    ``lora_targets`` (comma-separated regular expressions searched in module paths; ``None``:
+    every ``nn.Linear``). A model that already has LoRA layers (peft) keeps its own.
 
     Bookkeeping: ``checkpoint_every`` (0: only at the end and on Ctrl-C), ``log_every``,
     ``diagnose_every`` (0: off) with ``diagnose_samples`` and Lanczos/trace budgets, and the
@@ -166,6 +202,11 @@ class RunConfig:
     sigma: float | None = None
     beta: float | None = None
     eta: float | None = None
+    ema_new_weight: float | None = None
+    lora_normalization: str | None = None
+    lora_rank: int | None = None
+    lora_alpha: float | None = None
+    lora_targets: str | None = None
     steps: int = 500
     batch_size: int | None = None
     schedule: str = "constant"
@@ -263,6 +304,7 @@ class RunConfig:
         for value, what in ((self.beta, "beta"), (self.temperature, "temperature"), (self.eta, "eta")):
             if value is not None and not value > 0:
                 raise UserError(f"--{what} must be positive, got {value}")
+        self._validate_lora()
         if self.eval_data is None:
             if self.eval_fraction is None or not 0.0 < float(self.eval_fraction) < 1.0:
                 raise UserError(f"--eval-fraction must be strictly between 0 and 1, got {self.eval_fraction}")
@@ -270,6 +312,45 @@ class RunConfig:
             raise UserError(f"run name '{self.name}' may only hold letters, digits and . _ + = -")
         if not isinstance(self.model_kwargs, dict):
             raise UserError("model_kwargs must be a dict")
+
+    def _validate_lora(self) -> None:
+        """The LoRA options; a bad target pattern fails here, before a suite's first run trains."""
+        if self.lora_rank is not None:
+            _positive_int(self.lora_rank, "lora-rank")
+        alpha = self.lora_alpha
+        if alpha is not None and not (
+            isinstance(alpha, int | float)
+            and not isinstance(alpha, bool)
+            and math.isfinite(alpha)
+            and alpha > 0
+        ):
+            raise UserError(f"--lora-alpha must be a positive number, got {alpha!r}")
+        weight = self.ema_new_weight
+        if weight is not None and (isinstance(weight, bool) or not isinstance(weight, int | float)):
+            raise UserError(f"--ema-new-weight must be a number, got {weight!r}")
+        if weight is not None and not 0.0 < weight <= 1.0:
+            raise UserError(f"--ema-new-weight (the paper's beta) must be in (0, 1], got {weight!r}")
+        if self.lora_normalization is not None and self.lora_normalization not in _NORMALIZATIONS:
+            raise UserError(
+                f"unknown --lora-normalization '{self.lora_normalization}' "
+                f"(choose from {', '.join(_NORMALIZATIONS)})"
+            )
+        if self.lora_targets is not None:
+            if not isinstance(self.lora_targets, str):
+                raise UserError(f"--lora-targets must be text, got {self.lora_targets!r}")
+            patterns = [t.strip() for t in self.lora_targets.split(",") if t.strip()]
+            if not patterns:
+                raise UserError("--lora-targets is empty; give a regular expression or leave it out")
+            for pattern in patterns:
+                try:
+                    re.compile(pattern)
+                except re.error as exc:
+                    raise UserError(f"invalid --lora-targets pattern '{pattern}': {exc}") from None
+
+    @property
+    def uses_lora(self) -> bool:
+        """Whether the run trains low-rank adapters (its method is one of :data:`LORA_METHODS`)."""
+        return self.method in LORA_METHODS
 
     def unused_options(self) -> list[str]:
         """Options that are set but not used: method options ``method`` does not take, and
@@ -379,9 +460,12 @@ class RunConfig:
 
 
 def _option_default(method: str, option: str) -> Any:
-    """The default of a method option: the rule's constructor default, or SGLD's for ``beta``."""
-    from landscape.optim import SGLD
+    """The default of a method option: the rule's constructor default, SGLD's for ``beta``, and
+    ``add_lora``'s for the adapter options (``None`` targets: every ``nn.Linear``)."""
+    from landscape.optim import SGLD, add_lora
 
+    if option in _ADAPTER_KEYWORDS:
+        return inspect.signature(add_lora).parameters[_ADAPTER_KEYWORDS[option]].default
     keyword = _RULE_KEYWORDS.get(option, option)
     parameters = inspect.signature(RULES[method].factory).parameters
     if keyword in parameters:
@@ -391,6 +475,31 @@ def _option_default(method: str, option: str) -> Any:
     if option == "beta" and RULES[method].base_optimizer == LANGEVIN_BASE:
         return inspect.signature(SGLD).parameters["beta"].default
     return None
+
+
+def add_run_adapters(model: nn.Module, config: RunConfig | Mapping[str, Any]) -> list[str]:
+    """Give ``model`` the LoRA adapters of a run, in place; returns the wrapped layers' paths.
+
+    ``config``: a :class:`RunConfig` or the ``config`` dict stored in a run's checkpoints (so that
+    ``landscape analyze final.pt`` rebuilds the trained model, adapters included). Nothing happens
+    unless the method is one of :data:`LORA_METHODS`, nor when the model already has LoRA layers
+    (an import-path factory returning a peft model brings its own). Otherwise ``add_lora`` wraps
+    the ``lora_targets`` layers with rank ``lora_rank`` and ``lora_alpha`` and freezes every other
+    parameter; A is drawn from its own generator, seeded from ``seed``, so the global RNG is left
+    alone and the same config always gives the same adapters.
+    """
+    from landscape.optim import add_lora, lora_layers
+
+    stored = config.to_dict() if isinstance(config, RunConfig) else dict(config)
+    if stored.get("method") not in LORA_METHODS or lora_layers(model):
+        return []
+    options = {
+        keyword: stored[field_name]
+        for field_name, keyword in _ADAPTER_KEYWORDS.items()
+        if stored.get(field_name) is not None
+    }
+    seed = (int(stored.get("seed") or 0) + _ADAPTER_SEED_SALT) % (2**63)
+    return add_lora(model, **options, generator=torch.Generator().manual_seed(seed))
 
 
 def _take_model_from_checkpoint(config: RunConfig) -> None:

@@ -11,7 +11,15 @@ Every ``diagnose_every`` steps the training loop records, on a fixed subset of t
 * ``tau_logit``, ``tau_func``, ``tau_cross``: the normalised split of the sharpness gradient
   ``H g`` into its Gauss-Newton and functional parts (Functional-SAM Eq. 9; they sum to 1);
 * ``weight_norm``: ``||theta||_2`` over the trained parameters;
-* ``eval_loss`` and ``eval_accuracy`` on the whole held-out set.
+* ``eval_loss`` and ``eval_accuracy`` on the whole held-out set;
+* for the LoRA methods (``lora``, ``fmlora``, ``efmlora``) also :data:`LORA_DIAGNOSTIC_KEYS`:
+  ``cond_A_max`` and ``cond_A_mean`` (the condition numbers of the adapters' A, the paper's
+  failure signature when they grow), ``perturbation_norm`` (the realised ``||s E A||`` of the last
+  step; 0 for ``lora``) and, for ``efmlora``, ``ema_sharpness_gap`` (``|S_EMA - S_SAM|`` on the
+  diagnostic subset, Theorem 2 of arXiv 2508.00522).
+
+For the LoRA methods the trained parameters are the adapters, so the curvature numbers and
+``weight_norm`` are those of the loss restricted to the adapters.
 
 All curvature numbers come from :func:`landscape.analysis.analyze` with small budgets. Measured
 on one CPU thread: 0.3-0.4 s per diagnostic for the built-in MLP on 1024 digits, 3.6-4.5 s for the
@@ -33,12 +41,15 @@ from torch import Tensor, nn
 from landscape.analysis import analyze
 from landscape.data import IGNORE_INDEX, Dataset
 from landscape.models import unwrap_output
+from landscape.optim import EFMLoRA, FMLoRA, GradientRule, LoRAGradient
 
 __all__ = [
     "DIAGNOSTIC_KEYS",
+    "LORA_DIAGNOSTIC_KEYS",
     "EvalResult",
     "diagnose",
     "evaluate",
+    "lora_diagnostics",
     "unigram_baseline",
     "weight_norm",
 ]
@@ -62,6 +73,9 @@ DIAGNOSTIC_KEYS = (
     "eval_accuracy",
 )
 """The keys a diagnostic adds to a ``metrics.jsonl`` record (plus the timing field ``diag_time_s``)."""
+
+LORA_DIAGNOSTIC_KEYS = ("cond_A_max", "cond_A_mean", "perturbation_norm", "ema_sharpness_gap")
+"""What a diagnostic adds for the LoRA rules (``ema_sharpness_gap`` for ``efmlora`` only)."""
 
 EVAL_CHUNK_TARGETS = 65536  # targets per forward pass of the evaluation (memory only)
 
@@ -161,11 +175,13 @@ def diagnose(
     max_iter: int = 20,
     trace_samples: int = 24,
     seed: int = 0,
+    rule: GradientRule | None = None,
 ) -> dict[str, Any]:
     """One diagnostic record (keys ``DIAGNOSTIC_KEYS`` and ``diag_time_s``), see the module docstring.
 
-    Leaves the model as it was: weights, train/eval mode and the global torch RNG state (so that
-    training with and without diagnostics follows the same trajectory).
+    ``rule``: the run's gradient rule; a LoRA rule adds :func:`lora_diagnostics`. Leaves the model
+    as it was: weights, train/eval mode and the global torch RNG state (so that training with and
+    without diagnostics follows the same trajectory).
     """
     started = time.perf_counter()
     was_training = model.training
@@ -183,6 +199,7 @@ def diagnose(
                 seed=seed,
             )
             evaluation = evaluate(model, eval_data, loss)
+            adapters = lora_diagnostics(rule, model, subset, loss) if rule is not None else {}
         finally:
             model.train(was_training)  # Problem switches the model to eval mode
     record: dict[str, Any] = {
@@ -202,9 +219,31 @@ def diagnose(
         "weight_norm": weight_norm(model),
         "eval_loss": evaluation.loss,
         "eval_accuracy": evaluation.accuracy,
+        **adapters,
         "diag_time_s": time.perf_counter() - started,
     }
     return record
+
+
+def lora_diagnostics(rule: GradientRule, model: nn.Module, subset: Dataset, loss: str) -> dict[str, float]:
+    """The LoRA rule's own diagnostics (keys :data:`LORA_DIAGNOSTIC_KEYS`); ``{}`` for other rules.
+
+    ``cond_A_max``/``cond_A_mean`` are read from the model now, ``perturbation_norm`` is that of the
+    last step. For ``efmlora`` the EMA sharpness gap is measured first on all of ``subset`` as one
+    batch, in eval mode like the curvature numbers (no dropout noise; the gap is a property of the
+    loss, not of one mask). It leaves parameters, gradients, the EMA and the global RNG as they were.
+    """
+    if not isinstance(rule, LoRAGradient | FMLoRA | EFMLoRA):
+        return {}
+    was_training = model.training
+    try:
+        if isinstance(rule, EFMLoRA):
+            with torch.random.fork_rng(devices=[]):
+                model.eval()
+                rule.ema_sharpness_gap(model, subset.x, subset.y, loss)
+        return rule.diagnostics(model).as_dict()
+    finally:
+        model.train(was_training)
 
 
 def fixed_subset(data: Dataset, num_samples: int, seed: int) -> Dataset:

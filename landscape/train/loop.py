@@ -12,9 +12,14 @@ A run folder holds::
 A ``metrics.jsonl`` record has ``step`` (updates done), ``lr`` and ``rho`` (of the last update),
 ``train_loss`` (the mean batch loss of the updates since the previous record), ``time_s``
 (training wall-clock seconds so far) and, at diagnostic steps (0, every ``diagnose_every``, and
-the last), the keys of :data:`landscape.train.diagnostics.DIAGNOSTIC_KEYS` and ``diag_time_s``.
+the last), the keys of :data:`landscape.train.diagnostics.DIAGNOSTIC_KEYS` and ``diag_time_s``
+(LoRA methods also :data:`~landscape.train.diagnostics.LORA_DIAGNOSTIC_KEYS`).
 Wall-clock fields (:data:`TIMING_FIELDS`) are the only ones that differ between two runs with the
 same configuration.
+
+LoRA methods (``lora``, ``fmlora``, ``efmlora``): the model is built, ``init``'s weights are loaded
+and then the adapters are added (:func:`landscape.train.config.add_run_adapters`); only they train.
+``final.pt``'s config names them, so the model rebuilt from it has them too.
 
 Determinism: the model is built after ``torch.manual_seed(seed)``; the data order comes from its
 own ``torch.Generator`` (seeded from ``seed``); rules and SGLD draw from generators seeded with
@@ -46,7 +51,7 @@ from typing import Any, TextIO
 import torch
 from torch import Tensor, nn
 
-from landscape.checkpoints import load_into_model, load_state_dict, save_atomic
+from landscape.checkpoints import load_into_model, save_atomic
 from landscape.data import Dataset, validate_labels
 from landscape.errors import UserError, one_line
 from landscape.models import build_model, unwrap_output
@@ -67,6 +72,7 @@ from landscape.train.config import (
     DIAGNOSE_TARGETS,
     FINAL_ANALYSIS_TARGETS,
     RunConfig,
+    add_run_adapters,
     learning_rate_at,
     load_splits,
 )
@@ -328,11 +334,41 @@ def _targets_per_item(data: Dataset) -> int:
 
 
 def _build_model(config: RunConfig) -> nn.Module:
+    """The run's model: built after ``torch.manual_seed(seed)``, ``init``'s weights loaded, then the
+    adapters of a LoRA method added (on the loaded weights, which they leave unchanged at the start
+    since B = 0), then cast to the run's dtype. A resumed run rebuilds the same model before its
+    checkpoint's state (adapters included) is loaded into it."""
+    assert config.model is not None, "resolve the config first"
     torch.manual_seed(config.seed)
     model = build_model(config.model, **config.model_kwargs)
     if config.init is not None:
-        load_into_model(model, load_state_dict(config.init))
+        _load_init(model, config.init)
+    if config.uses_lora:
+        add_run_adapters(model, config)
     return model.to(config.torch_dtype())
+
+
+def _load_init(model: nn.Module, path: str) -> None:
+    """Load ``--init`` weights; those of a LoRA run (``final.pt`` with adapters) are first merged
+    into the base weights, ``W0 + s B A``, so any method can go on from a fine-tuned model."""
+    from landscape.checkpoints import load_checkpoint
+    from landscape.optim import lora_layers, merge_lora
+
+    state, stored = load_checkpoint(path)
+    if lora_layers(model) or not any(".lora_A" in key for key in state):
+        load_into_model(model, state)
+        return
+    trainable = {name: p.requires_grad for name, p in model.named_parameters()}
+    if not stored or not add_run_adapters(model, stored):
+        raise UserError(
+            f"--init {path} holds LoRA adapters, but no run configuration that says how to rebuild them"
+        )
+    load_into_model(model, state)
+    merge_lora(model)
+    # add_run_adapters froze the base weights for the old run; the parameters keep their names
+    # through wrapping and merging, so the model's own flags come back by name
+    for name, p in model.named_parameters():
+        p.requires_grad_(trainable.get(name, True))
 
 
 def _prepare(config: RunConfig) -> _Run:
@@ -548,6 +584,7 @@ def _train_steps(
             max_iter=config.diagnose_max_iter,
             trace_samples=config.diagnose_trace_samples,
             seed=config.seed,
+            rule=rule,
         )
 
     with open(metrics_path, "a", encoding="utf-8") as log:
