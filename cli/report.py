@@ -1,0 +1,165 @@
+"""``landscape report`` and ``landscape demo``: parse, call ``landscape.report`` / ``landscape.demo``, print.
+
+Registered in ``cli/main.py``; this module does not import it (``python -m cli.main`` runs that
+file as ``__main__``, and importing it again from here would build a second app).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from landscape.errors import UserError
+
+out_console = Console()
+err_console = Console(stderr=True)
+
+
+@contextmanager
+def _spinner(enabled: bool) -> Iterator[Callable[[str], None]]:
+    """A transient spinner on stderr with the current stage and the elapsed time."""
+    if not enabled:
+        yield lambda _label: None
+        return
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=True,
+    ) as progress:
+        task = progress.add_task("starting", total=None)
+        yield lambda label: progress.update(task, description=label)
+
+
+def _threads(threads: int | None) -> None:
+    if threads is None:
+        return
+    if threads < 1:
+        raise UserError(f"--threads must be positive, got {threads}")
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _parse_sparsities(text: str) -> list[float]:
+    from landscape.train import parse_sparsities
+
+    return parse_sparsities(text)
+
+
+def _print_summary(lines: list[str], limit: int | None = None) -> None:
+    shown = lines if limit is None else lines[:limit]
+    for line in shown:
+        out_console.print(f"- {line}", markup=False, highlight=False, soft_wrap=True)
+    if limit is not None and len(lines) > limit:
+        out_console.print(f"  ... {len(lines) - limit} more in the report", markup=False, highlight=False)
+
+
+def report(
+    runs: Annotated[
+        list[Path],
+        typer.Argument(
+            help="run folders of landscape train, or suite folders (all their runs)", show_default=False
+        ),
+    ],
+    out: Annotated[Path, typer.Option(help="report folder (index.html, report.md, PNGs, CSVs)")] = Path(
+        "reports/report"
+    ),
+    sweep: Annotated[
+        list[Path] | None,
+        typer.Option(help="runs or suites that only enter the rho sweep (repeatable)", show_default=False),
+    ] = None,
+    title: Annotated[str | None, typer.Option(help="page title [default: names the groups of runs]")] = None,
+    slices: Annotated[
+        bool, typer.Option("--slices/--no-slices", help="compute the 1D/2D loss-landscape slices and paths")
+    ] = True,
+    pruning: Annotated[
+        bool, typer.Option("--pruning/--no-pruning", help="evaluate one-shot global magnitude pruning")
+    ] = True,
+    sparsity: Annotated[
+        str, typer.Option(help="pruning levels, comma-separated fractions")
+    ] = "0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9",
+    slice_steps: Annotated[int, typer.Option(help="points along each 1D slice")] = 41,
+    slice_grid: Annotated[int, typer.Option(help="points per axis of each 2D slice")] = 17,
+    slice_distance: Annotated[float, typer.Option(help="slice half-width in filter norms")] = 1.0,
+    seed: Annotated[int, typer.Option(help="seeds the slice directions and the data subsets")] = 0,
+    threads: Annotated[int | None, typer.Option(help="torch threads (default: torch's choice)")] = None,
+    debug: Annotated[bool, typer.Option(help="show tracebacks")] = False,
+) -> None:
+    """Compare training runs: a self-contained HTML page, Markdown with PNGs, and CSV tables.
+
+    The page holds the comparison table (losses, lambda_max/min, traces of H, G and H_F, tau split,
+    step time), curves over training, spectral densities, loss-landscape slices, pruning robustness,
+    the rho sweep and a summary computed from the numbers.
+    """
+    del debug  # read by main()
+    from landscape.report.build import SliceSettings, build_report
+    from landscape.report.files import ensure_writable_dir
+
+    if seed < 0:
+        raise UserError(f"--seed must be non-negative, got {seed}")
+    if slice_steps < 2 or slice_grid < 2:
+        raise UserError("--slice-steps and --slice-grid must be at least 2")
+    if not slice_distance > 0:
+        raise UserError(f"--slice-distance must be positive, got {slice_distance}")
+    levels = _parse_sparsities(sparsity)
+    _threads(threads)
+    ensure_writable_dir(out)
+    settings = SliceSettings(line_steps=slice_steps, plane_steps=slice_grid, distance=slice_distance)
+    with _spinner(err_console.is_terminal) as progress:
+        result = build_report(
+            runs,
+            out,
+            seed=seed,
+            progress=progress,
+            slices=slices,
+            pruning=pruning,
+            sweep_dirs=sweep or [],
+            title=title,
+            sparsities=levels,
+            slice_settings=settings,
+        )
+    _print_summary(result.summary, limit=8)
+    out_console.print(
+        f"report: {result.index} (Markdown: {out / 'report.md'})",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+def demo(
+    out: Annotated[Path, typer.Option(help="report folder")] = Path("reports/demo"),
+    quick: Annotated[bool, typer.Option(help="a small version (under a minute) of every stage")] = False,
+    runs: Annotated[
+        Path | None,
+        typer.Option(help="keep the training runs in this new folder [default: a temporary folder]"),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="seeds models, data order, estimators and slices")] = 0,
+    threads: Annotated[
+        int, typer.Option(help="torch threads (the demo's small models run fastest on one)")
+    ] = 1,
+    debug: Annotated[bool, typer.Option(help="show tracebacks")] = False,
+) -> None:
+    """The whole tool on the built-in data, offline: train AdamW, SAM, Functional-SAM, Precond
+    Functional-SAM and fSGLD on digits (MLP) and on the text corpus (transformer LM), analyse every
+    final checkpoint and write the report (3-4 minutes on 2 busy CPU cores; --quick under 1)."""
+    del debug
+    from landscape.demo import run_demo
+
+    _threads(threads)
+    with _spinner(err_console.is_terminal) as progress:
+        result = run_demo(out, quick=quick, seed=seed, progress=progress, runs_dir=runs)
+    _print_summary(result.report.summary)
+    timing = ", ".join(f"{k} {v:.0f} s" for k, v in result.seconds.items())
+    out_console.print(f"time: {timing}", markup=False, highlight=False, soft_wrap=True)
+    if result.runs_dir is not None:
+        out_console.print(f"runs: {result.runs_dir}", markup=False, highlight=False, soft_wrap=True)
+    out_console.print(f"report: {result.index}", markup=False, highlight=False, soft_wrap=True)

@@ -1,0 +1,468 @@
+"""The report's figures (matplotlib, Agg). Every function returns a ``Figure``; nothing is saved here.
+
+Conventions: axes carry the quantity and its unit (losses in nats for cross-entropy; Hessian
+eigenvalues and traces in loss units per squared parameter unit; tau is a dimensionless share),
+legends name the method of each run, and a y axis switches to a log scale when its values span
+more than a factor of 30 (a symmetric log scale when they also change sign). A method keeps its
+colour in every figure; runs of one method with different rho differ by line style.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
+from matplotlib.colors import LogNorm  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from landscape.report.figures import DENSITY_LABELS  # noqa: E402
+from landscape.report.runs import RunData  # noqa: E402
+
+__all__ = [
+    "curvature_curves_figure",
+    "density_overlay_figure",
+    "loss_curves_figure",
+    "path_figure",
+    "pruning_figure",
+    "rho_sweep_figure",
+    "slice_line_figure",
+    "slice_plane_figure",
+    "tau_contrast_figure",
+    "tau_curves_figure",
+]
+
+TAU_STYLE = {
+    "tau_logit": ("τ_logit (logit path, via G)", "C3", "-"),
+    "tau_func": ("τ_func (functional path, via H_F)", "C0", "-"),
+    "tau_cross": ("τ_cross (cross term; < 0: the paths oppose)", "0.45", "--"),
+}
+CURVATURE_UNIT = "loss / param²"
+_LINESTYLES = ["-", "--", ":", "-."]
+LOG_SPAN = 30.0  # a y range wider than this factor gets a log axis
+
+
+# Fixed colours of the methods, so that a method looks the same in every figure (SAM red and the
+# preconditioned Functional-SAM orange, as in Functional-SAM Fig. 3; AdamW, the baseline, black).
+METHOD_COLORS = {
+    "adamw": "#222222",
+    "sgd": "#8c564b",
+    "sam": "#d62728",
+    "func-sam": "#1f77b4",
+    "precond-func-sam": "#ff7f0e",
+    "precond-sam": "#9467bd",
+    "fsgld": "#2ca02c",
+    "sgld": "#98c379",
+    "asam": "#e377c2",
+    "msam": "#bcbd22",
+    "logit-sam": "#17becf",
+    "angle-sam": "#7f7f7f",
+    "rwsam": "#aa7744",
+    "lora": "#555599",
+    "fmlora": "#cc6677",
+    "efmlora": "#117733",
+}
+_SPARE_COLORS = ["#004488", "#bb5566", "#ddaa33", "#66ccee", "#aa3377", "#228833"]
+
+
+def method_color(method: str) -> str:
+    """The fixed colour of a method (a spare colour, chosen by name, for methods outside the list)."""
+    if method in METHOD_COLORS:
+        return METHOD_COLORS[method]
+    return _SPARE_COLORS[sum(map(ord, method)) % len(_SPARE_COLORS)]
+
+
+def run_styles(runs: Sequence[RunData]) -> dict[str, dict[str, Any]]:
+    """Line style of each run (by label): the method's colour, a dash pattern per repeat of a method."""
+    seen: dict[str, int] = {}
+    styles = {}
+    for run in runs:
+        k = seen.get(run.method, 0)
+        seen[run.method] = k + 1
+        styles[run.label] = {"color": method_color(run.method), "ls": _LINESTYLES[k % len(_LINESTYLES)]}
+    return styles
+
+
+def run_legend(run: RunData, runs: Sequence[RunData]) -> str:
+    """Legend text: the method, with rho when several runs of the method differ in rho, and the
+    run label when two runs would otherwise read the same."""
+    same = [r for r in runs if r.method == run.method]
+    text = run.method_label
+    if len({r.rho for r in same}) > 1 and run.rho is not None:
+        text += f" (ρ={run.rho:g})"
+    if sum(1 for r in runs if r.method == run.method and r.rho == run.rho) > 1:
+        text += f" [{run.label}]"
+    return text
+
+
+def loss_unit(runs: Sequence[RunData]) -> str:
+    """``nats`` for cross-entropy runs, ``squared error`` for MSE."""
+    losses = {str(r.config.get("loss") or "cross_entropy") for r in runs}
+    return "nats" if losses == {"cross_entropy"} else "squared error"
+
+
+def auto_scale(ax: Axes, values: Any, axis: str = "y") -> str:
+    """Put ``ax``'s ``axis`` on a log scale when ``values`` span more than ``LOG_SPAN`` (symlog when
+    they also change sign). Returns ``""``, ``" (log scale)"`` or ``" (symmetric log scale)"``."""
+    v = np.asarray(pd.to_numeric(pd.Series(np.ravel(values)), errors="coerce"), dtype=float)
+    v = v[np.isfinite(v)]
+    if v.size < 2:
+        return ""
+    setter = ax.set_yscale if axis == "y" else ax.set_xscale
+    lo, hi = float(v.min()), float(v.max())
+    if lo > 0 and hi / lo > LOG_SPAN:
+        setter("log")
+        return " (log scale)"
+    magnitude = np.abs(v[v != 0])
+    # symlog only when most values span decades: one value near zero (a trace at initialisation)
+    # is no reason to bend the whole axis
+    typical = float(np.percentile(magnitude, 25)) if magnitude.size else 0.0
+    if lo < 0 < hi and typical > 0 and magnitude.max() / typical > 1e3:
+        linthresh = float(10 ** math.floor(math.log10(typical)))
+        setter("symlog", linthresh=linthresh)
+        return " (symmetric log scale)"
+    return ""
+
+
+def _finish(fig: Figure, title: str) -> Figure:
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def _legend(ax: Axes, **kwargs: Any) -> None:
+    handles, _ = ax.get_legend_handles_labels()
+    if handles:
+        ax.legend(fontsize=8, **kwargs)
+
+
+def loss_curves_figure(runs: Sequence[RunData], title: str = "") -> Figure:
+    """Training loss (mean batch loss between log steps) and eval loss (held-out set) against step."""
+    styles = run_styles(runs)
+    unit = loss_unit(runs)
+    fig, axes = plt.subplots(1, 2, figsize=(10.5, 3.8))
+    for ax, key, name in (
+        (axes[0], "train_loss", "training loss (mean batch loss)"),
+        (axes[1], "eval_loss", "eval loss (held-out set)"),
+    ):
+        values = []
+        for run in runs:
+            frame = run.metrics
+            if key not in frame:
+                continue
+            part = frame[["step", key]].dropna()
+            if part.empty:
+                continue
+            ax.plot(part["step"], part[key], lw=1.5, label=run_legend(run, runs), **styles[run.label])
+            values.extend(part[key].tolist())
+        suffix = auto_scale(ax, values)
+        ax.set_xlabel("training step (optimizer updates)")
+        ax.set_ylabel(f"{name} ({unit}){suffix}")
+        ax.grid(alpha=0.3)
+        _legend(ax)
+    return _finish(fig, title)
+
+
+def curvature_curves_figure(runs: Sequence[RunData], title: str = "") -> Figure:
+    """λmax(H), tr(H), tr(G) and tr(H_F) against step (training diagnostics, fixed subset)."""
+    styles = run_styles(runs)
+    fig, axes = plt.subplots(2, 2, figsize=(10.5, 7.0))
+    panels = (
+        ("lambda_max", "λmax(H)", "top Hessian eigenvalue λmax(H)"),
+        ("trace", "tr(H)", "Hessian trace tr(H)"),
+        ("ggn_trace", "tr(G)", "Gauss-Newton trace tr(G)"),
+        ("functional_trace", "tr(H_F)", "functional-Hessian trace tr(H_F) = tr(H) - tr(G)"),
+    )
+    for ax, (key, short, name) in zip(axes.ravel(), panels, strict=True):
+        values = []
+        for run in runs:
+            diag = run.diagnostics()
+            if key not in diag:
+                continue
+            part = diag[["step", key]].dropna()
+            if part.empty:
+                continue
+            ax.plot(
+                part["step"], part[key], lw=1.5, marker=".", label=run_legend(run, runs), **styles[run.label]
+            )
+            values.extend(part[key].tolist())
+        suffix = auto_scale(ax, values)
+        ax.set_xlabel("training step (optimizer updates)")
+        ax.set_ylabel(f"{short} ({CURVATURE_UNIT}){suffix}", fontsize=9)
+        ax.set_title(name, fontsize=10)
+        ax.grid(alpha=0.3)
+    _legend(axes[0, 0])
+    return _finish(fig, title)
+
+
+def _tau_axes(ax: Axes, diag: pd.DataFrame, label_lines: bool) -> list[float]:
+    values: list[float] = []
+    for key, (label, color, ls) in TAU_STYLE.items():
+        if key not in diag:
+            continue
+        part = diag[["step", key]].dropna()
+        if part.empty:
+            continue
+        ax.plot(
+            part["step"],
+            part[key],
+            color=color,
+            ls=ls,
+            lw=1.6,
+            marker=".",
+            label=label if label_lines else None,
+        )
+        values.extend(part[key].tolist())
+    ax.axhline(0.0, color="0.7", lw=0.8)
+    ax.set_xlabel("training step (optimizer updates)")
+    ax.set_ylabel("share of ||H ε*||² (dimensionless)")
+    ax.grid(alpha=0.3)
+    return values
+
+
+def tau_curves_figure(runs: Sequence[RunData], title: str = "") -> Figure:
+    """τ_logit, τ_func and τ_cross against step, one panel per run (Functional-SAM Fig. 2 / Fig. 4)."""
+    shown = [r for r in runs if "tau_logit" in r.diagnostics()]
+    n = max(len(shown), 1)
+    cols = min(n, 3)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.3 * rows), squeeze=False, sharey=True)
+    for i, ax in enumerate(axes.ravel()):
+        if i >= len(shown):
+            ax.set_visible(False)
+            continue
+        run = shown[i]
+        _tau_axes(ax, run.diagnostics(), label_lines=i == 0)
+        ax.set_title(run_legend(run, runs), fontsize=10)
+        if i % cols:
+            ax.set_ylabel("")
+    if shown:
+        fig.legend(loc="lower center", ncol=3, fontsize=8, frameon=False)
+        fig.tight_layout(rect=(0, 0.06 if rows > 1 else 0.1, 1, 1))
+    if title:
+        fig.suptitle(title, fontsize=11)
+        fig.tight_layout(rect=(0, 0.06 if rows > 1 else 0.1, 1, 0.97))
+    return fig
+
+
+def tau_contrast_figure(panels: Sequence[tuple[str, RunData]], title: str = "") -> Figure:
+    """Side by side: the tau split over training in each domain (vision, language), one run each
+    (Functional-SAM Fig. 2 contrasts AdamW runs on ImageNet and C4)."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.9), squeeze=False, sharey=True)
+    for i, (ax, (heading, run)) in enumerate(zip(axes[0], panels, strict=True)):
+        _tau_axes(ax, run.diagnostics(), label_lines=True)
+        ax.set_title(heading, fontsize=10)
+        if i:
+            ax.set_ylabel("")
+        _legend(ax, loc="best")
+    return _finish(fig, title)
+
+
+def density_overlay_figure(runs: Sequence[RunData], title: str = "") -> Figure:
+    """Spectral densities (SLQ, from each run's ``analysis.json``) of H, G and H_F: one panel per
+    matrix, one line per run, log density."""
+    styles = run_styles(runs)
+    keys = [k for k in ("H", "G", "H_F") if any(k in ((r.analysis or {}).get("density") or {}) for r in runs)]
+    fig, axes = plt.subplots(1, max(len(keys), 1), figsize=(4.6 * max(len(keys), 1), 3.8), squeeze=False)
+    for ax, key in zip(axes[0], keys, strict=False):
+        for run in runs:
+            d = ((run.analysis or {}).get("density") or {}).get(key)
+            if not d:
+                continue
+            grid = np.asarray(d["grid"], dtype=float)
+            dens = np.asarray(d["density"], dtype=float)
+            floor = max(float(np.nanmax(dens)) * 1e-6, 1e-300)
+            ax.semilogy(
+                grid, np.maximum(dens, floor), lw=1.3, label=run_legend(run, runs), **styles[run.label]
+            )
+        ax.set_title(DENSITY_LABELS.get(key, key), fontsize=10)
+        ax.set_xlabel(f"eigenvalue ({CURVATURE_UNIT})")
+        ax.set_ylabel("spectral density (log scale)")
+        ax.grid(alpha=0.3)
+    if keys:
+        _legend(axes[0][0], loc="upper right")
+    return _finish(fig, title)
+
+
+def slice_line_figure(
+    runs: Sequence[RunData], surfaces: dict[str, dict[str, Any]], title: str = ""
+) -> Figure:
+    """1D filter-normalised random slices, one line per run (same seed for every run)."""
+    styles = run_styles(runs)
+    unit = loss_unit(runs)
+    fig, ax = plt.subplots(figsize=(6.2, 4.0))
+    values: list[float] = []
+    for run in runs:
+        line = (surfaces.get(run.label) or {}).get("line")
+        if not line:
+            continue
+        ax.plot(line["alphas"], line["losses"], lw=1.5, label=run_legend(run, runs), **styles[run.label])
+        values.extend(line["losses"])
+    ax.axvline(0.0, color="0.6", lw=0.8, ls=":")
+    suffix = auto_scale(ax, values)
+    ax.set_xlabel("α, step along a random direction (units of filter norm)")
+    ax.set_ylabel(f"training loss ({unit}){suffix}")
+    ax.grid(alpha=0.3)
+    _legend(ax)
+    return _finish(fig, title)
+
+
+def slice_plane_figure(
+    runs: Sequence[RunData], surfaces: dict[str, dict[str, Any]], title: str = ""
+) -> Figure:
+    """2D filter-normalised random planes, one contour panel per run, one shared colour scale
+    (log-spaced when the losses span decades)."""
+    shown = [r for r in runs if (surfaces.get(r.label) or {}).get("plane")]
+    n = max(len(shown), 1)
+    cols = min(n, 3)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(3.4 * cols + 1.1, 3.2 * rows), squeeze=False, layout="constrained"
+    )
+    all_z = (
+        np.concatenate([np.ravel(surfaces[r.label]["plane"]["losses"]) for r in shown])
+        if shown
+        else np.ones(1)
+    )
+    all_z = all_z[np.isfinite(all_z)]
+    lo, hi = (float(all_z.min()), float(all_z.max())) if all_z.size else (0.0, 1.0)
+    if hi <= lo:
+        hi = lo + 1e-12
+    use_log = lo > 0 and hi / lo > LOG_SPAN
+    levels = np.geomspace(lo, hi, 21) if use_log else np.linspace(lo, hi, 21)
+    norm = LogNorm(vmin=lo, vmax=hi) if use_log else None
+    mappable = None
+    for i, ax in enumerate(axes.ravel()):
+        if i >= len(shown):
+            ax.set_visible(False)
+            continue
+        run = shown[i]
+        p = surfaces[run.label]["plane"]
+        a, b = np.meshgrid(p["alphas"], p["betas"], indexing="ij")
+        z = np.clip(np.asarray(p["losses"], dtype=float), lo, hi)
+        mappable = ax.contourf(a, b, z, levels=levels, norm=norm, cmap="viridis")
+        ax.contour(a, b, z, levels=levels, colors="k", linewidths=0.3, alpha=0.4)
+        ax.plot([0], [0], "r*", ms=8)
+        ax.set_title(run_legend(run, runs), fontsize=10)
+        ax.set_xlabel("α, direction 1 (filter norms)", fontsize=9)
+        ax.set_ylabel("β, direction 2 (filter norms)", fontsize=9)
+        ax.set_aspect("equal")
+        if i % cols:
+            ax.set_ylabel("")
+        if i < len(shown) - cols:
+            ax.set_xlabel("")
+    if mappable is not None:
+        label = f"training loss ({loss_unit(runs)})" + (" (log scale)" if use_log else "")
+        visible = [ax for ax in axes.ravel() if ax.get_visible()]
+        fig.colorbar(mappable, ax=visible, label=label, shrink=0.9)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    return fig
+
+
+def path_figure(
+    runs: Sequence[RunData], paths: Sequence[tuple[str, str, dict[str, Any]]], title: str = ""
+) -> Figure:
+    """Loss along the straight line from one run's final weights (t = 0) to others' (t = 1)."""
+    styles = run_styles(runs)
+    by_label = {r.label: r for r in runs}
+    fig, ax = plt.subplots(figsize=(6.2, 4.0))
+    values: list[float] = []
+    start = None
+    for source, target, path in paths:
+        start = by_label[source]
+        run = by_label[target]
+        ax.plot(path["alphas"], path["losses"], lw=1.5, label=f"to {run_legend(run, runs)}", **styles[target])
+        values.extend(path["losses"])
+    for t in (0.0, 1.0):
+        ax.axvline(t, color="0.6", lw=0.8, ls=":")
+    suffix = auto_scale(ax, values)
+    origin = run_legend(start, runs) if start is not None else "run A"
+    ax.set_xlabel(f"t, weights (1 - t)·θ[{origin}] + t·θ[other] (dimensionless)")
+    ax.set_ylabel(f"training loss ({loss_unit(runs)}){suffix}")
+    ax.grid(alpha=0.3)
+    _legend(ax)
+    return _finish(fig, title)
+
+
+def pruning_figure(runs: Sequence[RunData], frame: pd.DataFrame, title: str = "") -> Figure:
+    """Eval loss (and accuracy, when measured) against the fraction of weights pruned (Fig. 5)."""
+    styles = run_styles(runs)
+    has_acc = "eval_accuracy" in frame and frame["eval_accuracy"].notna().any()
+    fig, axes = plt.subplots(1, 2 if has_acc else 1, figsize=(10.5 if has_acc else 5.8, 3.9), squeeze=False)
+    panels = [("eval_loss", f"eval loss ({loss_unit(runs)})")]
+    if has_acc:
+        panels.append(("eval_accuracy", "eval accuracy (fraction correct)"))
+    for ax, (key, name) in zip(axes[0], panels, strict=True):
+        values: list[float] = []
+        for run in runs:
+            part = frame[frame["run"] == run.label]
+            if part.empty:
+                continue
+            ax.plot(
+                100 * part["sparsity"],
+                part[key],
+                marker="o",
+                ms=3,
+                lw=1.5,
+                label=run_legend(run, runs),
+                **styles[run.label],
+            )
+            values.extend(part[key].tolist())
+        suffix = auto_scale(ax, values) if key == "eval_loss" else ""
+        ax.set_xlabel("weights pruned (% of weight-matrix entries, smallest |w| first)")
+        ax.set_ylabel(name + suffix)
+        ax.grid(alpha=0.3)
+    _legend(axes[0][0])
+    return _finish(fig, title)
+
+
+def rho_sweep_figure(runs: Sequence[RunData], frame: pd.DataFrame, title: str = "") -> Figure:
+    """Eval loss against rho for each swept method; runs without rho (AdamW: rho = 0) as horizontal
+    reference lines (Functional-SAM Fig. 3)."""
+    fig, ax = plt.subplots(figsize=(6.2, 4.0))
+    swept = frame[frame["rho"].notna()]
+    for method_id, part in swept.groupby("method_id", sort=False):
+        part = part.sort_values("rho")
+        ax.plot(
+            part["rho"],
+            part["eval_loss"],
+            marker="o",
+            lw=1.6,
+            color=method_color(str(method_id)),
+            label=str(part["method"].iloc[0]),
+        )
+    for _, row in frame[frame["rho"].isna()].iterrows():
+        ax.axhline(
+            row["eval_loss"],
+            color=method_color(str(row["method_id"])),
+            ls="--",
+            lw=1.2,
+            label=f"{row['method']} (ρ = 0)",
+        )
+    rhos = swept["rho"].to_numpy(dtype=float)
+    # rho is in each method's own units (SAM: the L2 norm of the step; the preconditioned methods:
+    # the norm before dividing by AdamW's denominator), so the methods' ranges differ by decades
+    xlabel = "perturbation radius ρ (each method's own units"
+    if rhos.size and rhos.min() > 0 and rhos.max() / rhos.min() >= 5:
+        ax.set_xscale("log")
+        xlabel += ", log scale"
+    ax.set_xlabel(xlabel + ")")
+    losses = frame["eval_loss"].to_numpy(dtype=float)
+    losses = losses[np.isfinite(losses)]
+    # a radius that wrecks training sits a decade above the rest: a log axis keeps the others readable
+    log_y = losses.size > 1 and losses.min() > 0 and losses.max() / losses.min() > 5
+    if log_y:
+        ax.set_yscale("log")
+    ax.set_ylabel(f"eval loss ({loss_unit(runs)})" + (" (log scale)" if log_y else ""))
+    ax.grid(alpha=0.3)
+    _legend(ax)
+    return _finish(fig, title)

@@ -1,0 +1,406 @@
+"""The report's plain-language summary, computed from the numbers (no canned verdicts).
+
+Every sentence is built from the comparison frame (:func:`landscape.report.tables.comparison_frame`),
+the pruning and rho-sweep frames and the tau trajectories: which run is flattest by each measure
+(and whether the difference exceeds the estimate's standard error), whether the logit path
+dominates the sharpness gradient (tau_logit against tau_func), which run generalises best, whether
+flatness and generalisation went together across the runs, how gracefully each run prunes, the
+best rho of a sweep and the vision/language contrast of Functional-SAM Fig. 2.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["TauContrast", "contrast_sentences", "group_sentences", "pruning_sentence", "rho_sentences"]
+
+MEASURES: tuple[tuple[str, str, str | None], ...] = (
+    ("lambda_max", "λmax(H)", None),
+    ("trace", "tr(H)", "trace_stderr"),
+    ("ggn_trace", "tr(G)", "ggn_trace_stderr"),
+    ("functional_trace", "tr(H_F)", "functional_trace_stderr"),
+)
+# A path "dominates" the sharpness gradient when its share is at least this many times the other's.
+DOMINANCE_RATIO = 2.0
+BASELINES = ("adamw", "sgd")
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.4g}"
+
+
+def _valid(frame: pd.DataFrame, key: str) -> pd.DataFrame:
+    if key not in frame:
+        return frame.iloc[0:0]
+    values = pd.to_numeric(frame[key], errors="coerce")
+    return frame[values.notna() & np.isfinite(values.fillna(0).astype(float))]
+
+
+def _names(frame: pd.DataFrame) -> dict[str, str]:
+    """Row label -> how a sentence names the run (method, with rho when methods repeat)."""
+    repeated = frame["method"].duplicated(keep=False)
+    out = {}
+    for index, row in frame.iterrows():
+        name = str(row["method"])
+        if repeated[index] and row.get("rho") is not None and not pd.isna(row.get("rho")):
+            name += f" (ρ={float(row['rho']):g})"
+        if list(out.values()).count(name):
+            name = str(row["run"])
+        out[str(row["run"])] = name
+    return out
+
+
+def flatness_sentences(frame: pd.DataFrame) -> list[str]:
+    """Which run is flattest (lowest) and sharpest by each curvature measure, with the ratio, and
+    whether the lowest two of a trace differ by more than two standard errors."""
+    names = _names(frame)
+    out = []
+    winners = {}
+    for key, label, err_key in MEASURES:
+        part = _valid(frame, key)
+        if part.empty:
+            continue
+        ordered = part.sort_values(key, kind="stable")
+        lo, hi = ordered.iloc[0], ordered.iloc[-1]
+        if len(ordered) == 1:
+            out.append(f"{label} of {names[lo['run']]}: {_fmt(lo[key])}.")
+            continue
+        winners[label] = names[lo["run"]]
+        text = f"Lowest {label}: {names[lo['run']]} ({_fmt(lo[key])}); highest: {names[hi['run']]} ({_fmt(hi[key])})"
+        if lo[key] > 0:
+            text += f", {hi[key] / lo[key]:.2g}× higher"
+        second = ordered.iloc[1]
+        if err_key and err_key in frame and not pd.isna(lo.get(err_key)) and not pd.isna(second.get(err_key)):
+            gap = float(second[key] - lo[key])
+            err = math.hypot(float(lo[err_key]), float(second[err_key]))
+            if err > 0 and gap < 2 * err:
+                text += (
+                    f"; the runner-up {names[second['run']]} ({_fmt(second[key])}) is within two standard "
+                    f"errors ({_fmt(err)}), so the first place is not resolved"
+                )
+        out.append(text + ".")
+    distinct = set(winners.values())
+    if len(winners) >= 2 and len(distinct) == 1:
+        out.append(f"{distinct.pop()} is the flattest run by every curvature measure here.")
+    elif len(distinct) > 1:
+        out.append(
+            "The measures disagree on the flattest run: "
+            + ", ".join(f"{label} picks {who}" for label, who in winners.items())
+            + "."
+        )
+    return out
+
+
+def logit_path_sentences(frame: pd.DataFrame, domain: str) -> list[str]:
+    """Whether the logit path (tau_logit) or the functional path (tau_func) dominates the sharpness
+    gradient at the final weights, and the sign of tau_cross."""
+    part = _valid(_valid(frame, "tau_logit"), "tau_func")
+    if part.empty:
+        return []
+    n = len(part)
+    logit = part["tau_logit"].astype(float)
+    func = part["tau_func"].astype(float)
+    more = int((logit > func).sum())
+    ranges = (
+        f"τ_logit {_fmt(logit.min())}–{_fmt(logit.max())}, τ_func {_fmt(func.min())}–{_fmt(func.max())}"
+        if n > 1
+        else f"τ_logit {_fmt(logit.iloc[0])}, τ_func {_fmt(func.iloc[0])}"
+    )
+    if n == 1:
+        where = f"the {domain} run"
+    elif more == n:
+        where = f"all {n} {domain} runs"
+    else:
+        where = f"{more} of {n} {domain} runs"
+    if more == n and logit.mean() >= DOMINANCE_RATIO * func.mean():
+        verdict = "the logit path dominates the sharpness gradient"
+    elif more == 0 and func.mean() >= DOMINANCE_RATIO * logit.mean():
+        verdict = "the functional path dominates the sharpness gradient"
+    else:
+        verdict = "neither path dominates by a factor of two"
+    relation = "τ_logit > τ_func" if more or n > 1 else "τ_logit ≤ τ_func"
+    text = f"At the final weights {relation} in {where} ({ranges}): {verdict}"
+    if (logit > 0.5).all():
+        text += "; τ_logit > 0.5 in every one"
+    out = [text + "."]
+    if "tau_cross" in part:
+        cross = part["tau_cross"].astype(float)
+        negative = int((cross < 0).sum())
+        if negative == n:
+            out.append(
+                f"τ_cross is negative in all {n} (down to {_fmt(cross.min())}): the two paths pull against "
+                "each other, as Functional-SAM reports."
+            )
+        elif negative == 0:
+            out.append(
+                f"τ_cross is positive in all {n} ({_fmt(cross.min())}–{_fmt(cross.max())}): here the two "
+                "paths point the same way, unlike the negative τ_cross of Functional-SAM Fig. 4."
+            )
+        else:
+            out.append(f"τ_cross is negative in {negative} of {n} runs.")
+    return out
+
+
+def generalisation_sentences(frame: pd.DataFrame, domain: str = "vision") -> list[str]:
+    """Best eval loss and accuracy, the difference to the AdamW (or SGD) baseline, the constant
+    predictor (unigram model of a language model, class prior of a classifier), and the smallest
+    and largest train/eval gap."""
+    names = _names(frame)
+    part = _valid(frame, "eval_loss")
+    if part.empty:
+        return []
+    ordered = part.sort_values("eval_loss", kind="stable")
+    best = ordered.iloc[0]
+    text = f"Best eval loss: {names[best['run']]} ({best['eval_loss']:.4f})"
+    baseline = part[part["method_id"].isin(BASELINES)] if "method_id" in part else part.iloc[0:0]
+    if not baseline.empty and baseline.iloc[0]["run"] != best["run"]:
+        b = baseline.iloc[0]
+        text += f", {b['eval_loss'] - best['eval_loss']:.4f} below {names[b['run']]} ({b['eval_loss']:.4f})"
+    elif not baseline.empty and len(ordered) > 1:
+        second = ordered.iloc[1]
+        text += f": the baseline itself, {second['eval_loss'] - best['eval_loss']:.4f} below {names[second['run']]}"
+    if len(ordered) > 1:
+        worst = ordered.iloc[-1]
+        text += f"; worst: {names[worst['run']]} ({worst['eval_loss']:.4f})"
+    out = [text + "."]
+    acc = _valid(part, "eval_accuracy")
+    if len(acc) > 1:
+        top = acc.sort_values("eval_accuracy", ascending=False, kind="stable").iloc[0]
+        out.append(f"Best eval accuracy: {names[top['run']]} ({top['eval_accuracy']:.4f}).")
+    unigram = _valid(part, "unigram_eval_loss")
+    if not unigram.empty:
+        reference = float(unigram["unigram_eval_loss"].iloc[0])
+        beat = int((part["eval_loss"].astype(float) < reference).sum())
+        what = "the unigram model" if domain == "language" else "the class prior"
+        margin = reference - float(ordered.iloc[0]["eval_loss"])
+        if beat:
+            out.append(
+                f"{beat} of {len(part)} runs beat {what} as a constant prediction ({reference:.4f} nats on the "
+                f"held-out set), the best by {margin:.4f} nats."
+            )
+        else:
+            out.append(
+                f"No run beats {what} as a constant prediction yet ({reference:.4f} nats on the held-out set); "
+                f"the best is {-margin:.4f} nats above it."
+            )
+    gap = _valid(part, "train_loss")
+    if len(gap) > 1:
+        gaps = (gap["eval_loss"].astype(float) - gap["train_loss"].astype(float)).rename("gap")
+        small = gap.assign(gap=gaps).sort_values("gap", kind="stable")
+        lo, hi = small.iloc[0], small.iloc[-1]
+        out.append(
+            f"Generalisation gap (eval − train loss) from {lo['gap']:+.4f} ({names[lo['run']]}) to "
+            f"{hi['gap']:+.4f} ({names[hi['run']]})."
+        )
+    return out
+
+
+def _spearman(a: pd.Series, b: pd.Series) -> float:
+    ra, rb = a.rank().to_numpy(dtype=float), b.rank().to_numpy(dtype=float)
+    if ra.std() == 0 or rb.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def right_reason_sentences(frame: pd.DataFrame) -> list[str]:
+    """Did flatness go with generalisation? Rank correlation of each curvature measure with eval
+    loss (four runs or more), and whether the run with the lowest λmax(H) is also the best one, with
+    its share of logit-path sharpness."""
+    names = _names(frame)
+    part = _valid(_valid(frame, "eval_loss"), "lambda_max")
+    if len(part) < 2:
+        return []
+    out = []
+    if len(part) >= 4:
+        pieces = []
+        for key, label, _ in MEASURES[:3]:
+            sub = _valid(part, key)
+            if len(sub) >= 4:
+                r = _spearman(sub[key].astype(float), sub["eval_loss"].astype(float))
+                if math.isfinite(r):
+                    pieces.append(f"{label} {r:+.2f}")
+        if pieces:
+            out.append(
+                f"Rank correlation (Spearman) of curvature with eval loss over {len(part)} runs: "
+                + ", ".join(pieces)
+                + " (+1: the flatter, the better it generalised)."
+            )
+    flattest = part.sort_values("lambda_max", kind="stable").iloc[0]
+    best = part.sort_values("eval_loss", kind="stable").iloc[0]
+    if flattest["run"] == best["run"]:
+        out.append(f"{names[best['run']]} has both the lowest λmax(H) and the best eval loss.")
+    else:
+        text = (
+            f"{names[flattest['run']]} has the lowest λmax(H) ({_fmt(flattest['lambda_max'])}) but not the best "
+            f"eval loss ({flattest['eval_loss']:.4f} against {best['eval_loss']:.4f} of {names[best['run']]})"
+        )
+        tau = _valid(part, "tau_logit")
+        if len(tau) > 1 and not pd.isna(flattest.get("tau_logit")):
+            top = tau.sort_values("tau_logit", ascending=False, kind="stable").iloc[0]
+            if top["run"] == flattest["run"]:
+                text += (
+                    f"; it also has the largest τ_logit ({flattest['tau_logit']:.3f}): its flatness comes most "
+                    "through the logit path, the route Functional-SAM calls spurious"
+                )
+            else:
+                text += f"; its τ_logit is {flattest['tau_logit']:.3f} (largest: {names[top['run']]}, {top['tau_logit']:.3f})"
+        out.append(text + ".")
+    return out
+
+
+def pruning_sentence(frame: pd.DataFrame, sparsity: float = 0.5) -> list[str]:
+    """How much each run's eval loss rises at the sparsity nearest ``sparsity`` (Fig. 5)."""
+    if frame is None or frame.empty:
+        return []
+    levels = sorted(set(frame["sparsity"].astype(float)) - {0.0})
+    if not levels:
+        return []
+    level = min(levels, key=lambda s: abs(s - sparsity))
+    rises = []
+    for run, part in frame.groupby("run", sort=False):
+        dense = part[part["sparsity"] == 0.0]["eval_loss"]
+        at = part[part["sparsity"] == level]["eval_loss"]
+        if dense.empty or at.empty:
+            continue
+        rises.append((float(at.iloc[0]) - float(dense.iloc[0]), str(part["method"].iloc[0]), str(run)))
+    if len(rises) < 1:
+        return []
+    rises.sort()
+    names = {}
+    for _, method, run in rises:
+        names[run] = method if [m for _, m, _ in rises].count(method) == 1 else run
+    lo, hi = rises[0], rises[-1]
+    if len(rises) == 1:
+        return [f"Pruning {level:.0%} of the weights raises the eval loss by {lo[0]:+.4f}."]
+    return [
+        f"Pruning {level:.0%} of the weights (one shot, global magnitude): the eval loss rises least for "
+        f"{names[lo[2]]} ({lo[0]:+.4f}) and most for {names[hi[2]]} ({hi[0]:+.4f})."
+    ]
+
+
+def rho_sentences(frame: pd.DataFrame) -> list[str]:
+    """Per swept method: the best rho and its eval loss, against the rho = 0 baseline (Fig. 3)."""
+    if frame is None or frame.empty:
+        return []
+    out = []
+    base = frame[frame["rho"].isna()]
+    reference = base.sort_values("eval_loss").iloc[0] if not base.empty else None
+    for _, part in frame[frame["rho"].notna()].groupby("method_id", sort=False):
+        if part["rho"].nunique() < 2:
+            continue
+        part = part.sort_values("rho")
+        best = part.loc[part["eval_loss"].idxmin()]
+        text = (
+            f"{best['method']} over ρ = {', '.join(f'{r:g}' for r in part['rho'])}: best eval loss "
+            f"{best['eval_loss']:.4f} at ρ = {best['rho']:g}"
+        )
+        if reference is not None:
+            better = int((part["eval_loss"] < reference["eval_loss"]).sum())
+            text += (
+                f"; {better} of {len(part)} values of ρ beat {reference['method']} "
+                f"(ρ = 0, {reference['eval_loss']:.4f})"
+            )
+        out.append(text + ".")
+    return out
+
+
+def headline(frame: pd.DataFrame) -> list[str]:
+    """One sentence answering the report's question for a group: the run that is flattest by most
+    curvature measures, the run with the best eval loss, whether they are the same, and which path
+    the sharpness gradient takes."""
+    names = _names(frame)
+    wins: dict[str, int] = {}
+    measured = 0
+    for key, _, _ in MEASURES:
+        part = _valid(frame, key)
+        if len(part) < 2:
+            continue
+        measured += 1
+        run = str(part.sort_values(key, kind="stable").iloc[0]["run"])
+        wins[run] = wins.get(run, 0) + 1
+    evals = _valid(frame, "eval_loss")
+    if not wins or evals.empty:
+        return []
+    top = max(wins.values())
+    flattest = [run for run, count in wins.items() if count == top]
+    best_row = evals.sort_values("eval_loss", kind="stable").iloc[0]
+    best = str(best_row["run"])
+    who = " and ".join(names[r] for r in flattest)
+    text = (
+        f"In short: {who} {'is' if len(flattest) == 1 else 'are'} flattest by {top} of {measured} measures; "
+    )
+    text += f"{names[best]} generalises best (eval loss {float(best_row['eval_loss']):.4f})"
+    text += ", the same run" if best in flattest else ", a different run"
+    tau = _valid(_valid(frame, "tau_logit"), "tau_func")
+    if not tau.empty:
+        logit, func = tau["tau_logit"].astype(float), tau["tau_func"].astype(float)
+        if (logit > func).all() and logit.mean() >= DOMINANCE_RATIO * func.mean():
+            text += "; the logit path dominates the sharpness gradient in every run"
+        elif (func > logit).all() and func.mean() >= DOMINANCE_RATIO * logit.mean():
+            text += "; the functional path dominates the sharpness gradient in every run"
+        else:
+            text += "; neither path dominates the sharpness gradient in every run"
+    return [text + "."]
+
+
+def group_sentences(frame: pd.DataFrame, domain: str, pruning: pd.DataFrame | None = None) -> list[str]:
+    """The summary of one group of runs (one suite): the headline, flatness, logit path,
+    generalisation, the flat-for-the-right-reason check and pruning."""
+    return [
+        *headline(frame),
+        *flatness_sentences(frame),
+        *logit_path_sentences(frame, domain),
+        *generalisation_sentences(frame, domain),
+        *right_reason_sentences(frame),
+        *(pruning_sentence(pruning) if pruning is not None else []),
+    ]
+
+
+@dataclass(frozen=True)
+class TauContrast:
+    """One side of the vision/language contrast: the run shown and its tau over training."""
+
+    domain: str
+    group: str
+    method: str
+    final_logit: float
+    final_func: float
+    mean_logit: float
+    mean_func: float
+
+
+def contrast_sentences(sides: Sequence[TauContrast]) -> list[str]:
+    """Compare tau_logit between the vision and the language side (Functional-SAM Fig. 2 finds it
+    near 1 in language and comparable to tau_func in vision)."""
+    vision = [s for s in sides if s.domain == "vision"]
+    language = [s for s in sides if s.domain == "language"]
+    if not vision or not language:
+        return []
+    v, lang = vision[0], language[0]
+    text = (
+        f"Mean τ_logit over training ({v.method} runs): vision {v.mean_logit:.3f} (τ_func {v.mean_func:.3f}), "
+        f"language {lang.mean_logit:.3f} (τ_func {lang.mean_func:.3f}); at the end {v.final_logit:.3f} and "
+        f"{lang.final_logit:.3f}."
+    )
+    if lang.mean_logit > v.mean_logit:
+        verdict = (
+            " The logit path carries more of the sharpness gradient in language than in vision, the direction "
+            "of Functional-SAM Fig. 2"
+        )
+        verdict += (
+            "; both are logit-dominated here."
+            if v.mean_logit > DOMINANCE_RATIO * v.mean_func
+            else "; in vision the two paths are closer."
+        )
+    else:
+        verdict = (
+            " Here the logit path carries more of the sharpness gradient in vision than in language, the opposite "
+            "of Functional-SAM Fig. 2 (ViT on ImageNet/JFT against a transformer LM on C4); these toy models "
+            "and short runs are far from that setting."
+        )
+    return [text + verdict]
