@@ -94,7 +94,17 @@ def summary_table(result: Any) -> Table:
         ("tr(H_F)", _fmt(r.functional_trace, r.functional_trace_stderr), "functional Hessian H - G"),
         ("tau_logit", _fmt(r.tau_logit), "share of the sharpness gradient through the logits"),
         ("tau_func", _fmt(r.tau_func), "share through the function's Jacobian"),
-        ("tau_cross", _fmt(r.tau_cross), "negative: the two paths oppose"),
+        (
+            "tau_cross",
+            _fmt(r.tau_cross),
+            ""
+            if r.tau_cross is None
+            else (
+                "negative: the two paths oppose"
+                if r.tau_cross < 0
+                else "positive: the paths point the same way"
+            ),
+        ),
         ("products", f"{r.hvp_count} H, {r.ggn_count} G", f"{r.hvp_method} HVPs; {r.seconds:.1f} s"),
     ]
     for name, value, note in rows:
