@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from cli.console import err_console, out_console, stage_progress
 from cli.report import demo, report
 from cli.train import prune_eval, train
 from landscape.errors import UserError, one_line
@@ -26,25 +23,6 @@ app = typer.Typer(
     rich_markup_mode=None,
     add_completion=False,
 )
-out_console = Console()
-err_console = Console(stderr=True)
-
-
-@contextmanager
-def stage_progress(enabled: bool) -> Iterator[Callable[[str], None]]:
-    """A transient spinner on stderr showing the current stage and elapsed time."""
-    if not enabled:
-        yield lambda _label: None
-        return
-    with Progress(
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        TimeElapsedColumn(),
-        console=err_console,
-        transient=True,
-    ) as progress:
-        task = progress.add_task("starting", total=None)
-        yield lambda label: progress.update(task, description=label)
 
 
 def _fmt(value: Any, err: Any = None) -> str:

@@ -6,36 +6,13 @@ file as ``__main__``, and importing it again from here would build a second app)
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+from cli.console import err_console, out_console, stage_progress
 from landscape.errors import UserError
-
-out_console = Console()
-err_console = Console(stderr=True)
-
-
-@contextmanager
-def _spinner(enabled: bool) -> Iterator[Callable[[str], None]]:
-    """A transient spinner on stderr with the current stage and the elapsed time."""
-    if not enabled:
-        yield lambda _label: None
-        return
-    with Progress(
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        TimeElapsedColumn(),
-        console=err_console,
-        transient=True,
-    ) as progress:
-        task = progress.add_task("starting", total=None)
-        yield lambda label: progress.update(task, description=label)
 
 
 def _threads(threads: int | None) -> None:
@@ -113,7 +90,7 @@ def report(
     _threads(threads)
     ensure_writable_dir(out)
     settings = SliceSettings(line_steps=slice_steps, plane_steps=slice_grid, distance=slice_distance)
-    with _spinner(err_console.is_terminal) as progress:
+    with stage_progress(err_console.is_terminal) as progress:
         result = build_report(
             runs,
             out,
@@ -155,7 +132,7 @@ def demo(
     from landscape.demo import run_demo
 
     _threads(threads)
-    with _spinner(err_console.is_terminal) as progress:
+    with stage_progress(err_console.is_terminal) as progress:
         result = run_demo(out, quick=quick, seed=seed, progress=progress, runs_dir=runs)
     _print_summary(result.report.summary)
     timing = ", ".join(f"{k} {v:.0f} s" for k, v in result.seconds.items())

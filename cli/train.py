@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -25,13 +24,12 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from cli.console import err_console, out_console
 from landscape.errors import UserError
 
 if TYPE_CHECKING:
     from landscape.train import RunSummary, TrainProgress
 
-out_console = Console()
-err_console = Console(stderr=True)
 
 # Options that make up a run's configuration: with --resume they come from config.json instead.
 _CONFIG_OPTIONS = (
