@@ -31,8 +31,9 @@ if TYPE_CHECKING:
     from landscape.train import RunSummary, TrainProgress
 
 
-# Options that make up a run's configuration: with --resume they come from config.json instead.
-_CONFIG_OPTIONS = (
+# Options that make up a run's configuration (with --resume they come from config.json instead),
+# besides the method options, whose one home is landscape.train.config.METHOD_OPTIONS.
+_RUN_OPTIONS = (
     "model",
     "data",
     "eval_data",
@@ -44,19 +45,6 @@ _CONFIG_OPTIONS = (
     "lr",
     "momentum",
     "weight_decay",
-    "rho",
-    "rho_warmup",
-    "phi",
-    "micro_batch",
-    "temperature",
-    "sigma",
-    "beta",
-    "eta",
-    "ema_new_weight",
-    "lora_normalization",
-    "lora_rank",
-    "lora_alpha",
-    "lora_targets",
     "steps",
     "batch_size",
     "schedule",
@@ -73,6 +61,12 @@ _CONFIG_OPTIONS = (
     "final_samples",
     "out",
 )
+
+
+def _config_options() -> set[str]:
+    from landscape.train.config import METHOD_OPTIONS  # lazy: keeps `landscape --help` light
+
+    return {*_RUN_OPTIONS, *METHOD_OPTIONS}
 
 
 def _short(value: Any, digits: int = 4) -> str:
@@ -306,7 +300,8 @@ def train(
         train_suite,
     )
 
-    given = {name: value for name, value in locals().items() if name in _CONFIG_OPTIONS and value is not None}
+    config_options = _config_options()
+    given = {name: value for name, value in locals().items() if name in config_options and value is not None}
     if no_shuffle:
         given["no_shuffle"] = True
     if threads is not None:
