@@ -39,6 +39,9 @@ RULES: dict[str, str] = {
     "sgd": "sgd",
     "sgld": "sgld",
     "fsgld": "sgld",
+    # not a rule: an SGD step plus the two parameter-sized N(0, I) draws that any fSGLD step makes
+    # (perturbation e and Langevin noise xi); the floor of fsgld's ratio with torch's generator
+    "sgd+2draws": "sgd",
 }
 
 # table rows: (rule, baseline rule of the ratio, issue-3 target or None)
@@ -55,6 +58,7 @@ ROWS: list[tuple[str, str, float | None]] = [
     ("sgld", "sgd", None),
     ("fsgld", "sgd", 1.15),
     ("fsgld", "sgld", None),
+    ("sgd+2draws", "sgd", None),
 ]
 
 
@@ -84,22 +88,30 @@ def make_step(name: str, model: nn.Module, x: Tensor, y: Tensor, m: int) -> Call
     else:
         opt = SGLD(model.parameters(), lr=1e-3, beta=1e8)
     options = {"m": m} if name == "msam" else {}
-    rule = make_rule(name, **options)
+    draws = 2 if name == "sgd+2draws" else 0
+    rule = make_rule("sgd" if draws else name, **options)
+    numel = sum(p.numel() for p in model.parameters())
+    noise = torch.empty(numel)
+    generator = torch.Generator().manual_seed(0)
 
     def step() -> None:
+        for _ in range(draws):
+            noise.normal_(generator=generator)
         rule.compute_gradient(model, x, y, loss_fn="cross_entropy", optimizer=opt)
         opt.step()
 
     return step
 
 
-def time_rules(model: nn.Module, x: Tensor, y: Tensor, m: int, repeats: int, steps: int) -> dict[str, float]:
-    """Median seconds per step of every rule, from interleaved rounds."""
-    runners = {name: make_step(name, model, x, y, m) for name in RULES}
+def time_rules(
+    model: nn.Module, x: Tensor, y: Tensor, m: int, repeats: int, steps: int, names: list[str]
+) -> dict[str, float]:
+    """Median seconds per step of the named rules, from interleaved rounds."""
+    runners = {name: make_step(name, model, x, y, m) for name in names}
     for run in runners.values():  # warm-up: allocator, Adam state, first-call overheads
         for _ in range(2):
             run()
-    samples: dict[str, list[float]] = {name: [] for name in RULES}
+    samples: dict[str, list[float]] = {name: [] for name in names}
     for _ in range(repeats):
         for name, run in runners.items():
             start = time.perf_counter()
@@ -114,12 +126,24 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=15, help="interleaved rounds (median over them)")
     parser.add_argument("--steps", type=int, default=5, help="steps per rule per round")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument(
+        "--rules", default=None, help="comma-separated rows to time (default: all); baselines are added"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
+    rows = ROWS
+    if args.rules:
+        wanted = args.rules.split(",")
+        unknown = sorted(set(wanted) - set(RULES))
+        if unknown:
+            parser.error(f"unknown rules {unknown}; choose from {sorted(RULES)}")
+        rows = [row for row in ROWS if row[0] in wanted]
+    names = [n for n in RULES if n in {r for r, _, _ in rows} | {b for _, b, _ in rows}]
+
     results = {}
     for workload, (model, x, y, m) in workloads().items():
-        results[workload] = time_rules(model, x, y, m, args.repeats, args.steps)
+        results[workload] = time_rules(model, x, y, m, args.repeats, args.steps, names)
 
     names = list(results)
     setup = f"median of {args.repeats} rounds x {args.steps} steps"
@@ -127,11 +151,11 @@ def main() -> None:
     print()
     print("| rule | vs | target | " + " | ".join(f"{w} ms/step | {w} ratio" for w in names) + " |")
     print("|---|---|---|" + "---:|---:|" * len(names))
-    baselines = sorted({b for _, b, _ in ROWS}, key=list(RULES).index)
+    baselines = sorted({b for _, b, _ in rows}, key=list(RULES).index)
     for rule in baselines:
         cells = [rule, "-", "-"] + [f"{results[w][rule] * 1e3:.2f} | 1.00" for w in names]
         print("| " + " | ".join(cells) + " |")
-    for rule, baseline, target in ROWS:
+    for rule, baseline, target in rows:
         cells = [rule, baseline, "-" if target is None else f"<= {target}"]
         for w in names:
             cells.append(f"{results[w][rule] * 1e3:.2f} | {results[w][rule] / results[w][baseline]:.2f}")

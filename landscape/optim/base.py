@@ -69,6 +69,32 @@ class BatchLoss:
             return F.mse_loss(outputs, targets)
         return self.fn(outputs, targets)
 
+    def output_gradient(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        """``r = dL/dF`` of the mean batch loss at ``outputs``, detached, shaped like ``outputs``.
+
+        Closed forms for the built-in losses (one pass instead of a loss forward + backward):
+        cross-entropy ``r = (softmax(F) - onehot(y)) m / sum(m)`` with ``m`` the mask of counted
+        targets; mse ``r = 2 (F - y) / numel``. A callable loss is differentiated by autograd.
+        """
+        outputs = outputs.detach()
+        if self.kind == "cross_entropy":
+            classes = outputs.shape[-1]
+            flat_targets = targets.reshape(-1)
+            counted = flat_targets != IGNORE_INDEX
+            probs = torch.softmax(outputs.reshape(-1, classes), dim=-1)
+            weights = counted.to(probs.dtype)
+            # scatter -1 at each counted target (ignored rows get -0 at a clamped index)
+            probs.scatter_add_(1, flat_targets.clamp_min(0).unsqueeze(1), -weights.unsqueeze(1))
+            # an all-ignored batch has loss nan and, as autograd gives, gradient 0
+            probs.mul_((weights / weights.sum().clamp_min(1.0)).unsqueeze(1))
+            return probs.reshape(outputs.shape)
+        if self.kind == "mse":
+            return (outputs - targets).mul_(2.0 / outputs.numel())
+        leaf = outputs.requires_grad_(True)
+        with torch.enable_grad():
+            (grad,) = torch.autograd.grad(self.fn(leaf, targets), leaf)
+        return grad
+
     def terms(self, outputs: Tensor, targets: Tensor) -> SampleTerms:
         """The per-sample decomposition of this batch's loss (see :class:`SampleTerms`)."""
         if self.kind == "callable":
@@ -180,8 +206,10 @@ def global_norm(tensors: Sequence[Tensor | None]) -> Tensor:
     device = present[0].device
     # one fused kernel for the per-tensor norms; float64 for the combination so that tensors of
     # different dtypes (and devices) can be mixed
-    norms = [n.to(device=device, dtype=torch.float64) for n in torch._foreach_norm(present)]
-    return torch.linalg.vector_norm(torch.stack(norms))
+    norms = torch._foreach_norm(present)
+    if all(n.device == device and n.dtype == norms[0].dtype for n in norms):
+        return torch.linalg.vector_norm(torch.stack(norms).to(torch.float64))
+    return torch.linalg.vector_norm(torch.stack([n.to(device=device, dtype=torch.float64) for n in norms]))
 
 
 def scaled(tensors: Sequence[Tensor | None], factor: Tensor) -> list[Tensor | None]:
@@ -332,18 +360,93 @@ def gaussian_like(tensors: Sequence[Tensor], generator: SeededGenerator) -> list
     """Independent standard normal tensors shaped like ``tensors``, drawn from ``generator``.
 
     One flat draw per (device, dtype), split into views: one kernel instead of one per parameter,
-    and the same numbers for the same generator state.
+    and the same numbers for the same generator state. Fresh storage on every call; for repeated
+    draws of the same shapes :class:`GaussianNoise` reuses it.
     """
-    groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
-    for i, t in enumerate(tensors):
-        groups.setdefault((t.device, t.dtype), []).append(i)
-    out: list[Tensor] = [torch.empty(0)] * len(tensors)
-    for (device, dtype), idx in groups.items():
-        numels = [tensors[i].numel() for i in idx]
-        flat = torch.randn(sum(numels), generator=generator.get(device), device=device, dtype=dtype)
-        for i, chunk in zip(idx, flat.split(numels), strict=True):
-            out[i] = chunk.view(tensors[i].shape)
-    return out
+    return GaussianNoise().draw(tensors, generator)
+
+
+class GaussianNoise:
+    """Reusable storage for Gaussian draws shaped like a list of tensors (a step's noise).
+
+    ``draw`` fills one flat buffer per (device, dtype) with ``N(0, std^2)`` from the generator and
+    returns views of it shaped like the tensors. The buffers and views are kept between calls, so
+    a training step pays for the random numbers only: no allocation, no per-tensor split or view
+    (on a small model those cost as much as the draw). The returned views are overwritten by the
+    next ``draw``: use them before drawing again. Same generator state, same numbers as
+    ``torch.randn`` of the flat size.
+    """
+
+    def __init__(self) -> None:
+        self._key: tuple[tuple[torch.Size, torch.dtype, torch.device], ...] | None = None
+        self._flats: list[Tensor] = []
+        self._views: list[Tensor] = []
+
+    def _build(self, tensors: Sequence[Tensor]) -> None:
+        groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+        for i, t in enumerate(tensors):
+            groups.setdefault((t.device, t.dtype), []).append(i)
+        views: list[Tensor] = [torch.empty(0)] * len(tensors)
+        flats: list[Tensor] = []
+        for (device, dtype), idx in groups.items():
+            numels = [tensors[i].numel() for i in idx]
+            flat = torch.empty(sum(numels), device=device, dtype=dtype)
+            flats.append(flat)
+            for i, chunk in zip(idx, flat.split(numels), strict=True):
+                views[i] = chunk.view(tensors[i].shape)
+        self._flats, self._views = flats, views
+
+    @property
+    def layout(self) -> object:
+        """The shapes the buffers were built for; a new object whenever they are rebuilt."""
+        return self._key
+
+    def draw(self, tensors: Sequence[Tensor], generator: SeededGenerator, std: float = 1.0) -> list[Tensor]:
+        """``N(0, std^2)`` tensors shaped like ``tensors`` (views of this object's buffers)."""
+        key = tuple((t.shape, t.dtype, t.device) for t in tensors)
+        if key != self._key:
+            self._build(tensors)
+            self._key = key
+        for flat in self._flats:
+            flat.normal_(0.0, std, generator=generator.get(flat.device))
+        return self._views
+
+
+class GaussianPerturbation:
+    """``theta <- theta + std xi`` in place, ``xi ~ N(0, I)``, and back bit for bit (fSGLD's e).
+
+    :meth:`apply_` draws xi into reused storage (:class:`GaussianNoise`), copies theta into a
+    reused stash and adds the noise; :meth:`restore_` copies theta back. Three memory passes and
+    no allocation per step: on a small model the Python and allocation overhead of the generic
+    :func:`perturb_` is as large as the draw itself. Like :func:`perturb_` it writes through
+    ``.data``, so autograd version counters do not move.
+    """
+
+    def __init__(self) -> None:
+        self._noise = GaussianNoise()
+        self._stash: list[Tensor] = []
+        self._stash_layout: object = None
+        self._applied: list[Tensor] | None = None
+
+    def apply_(self, params: Sequence[Tensor], generator: SeededGenerator, std: float) -> None:
+        """Perturb ``params`` by ``N(0, std^2 I)`` drawn from ``generator``; remember theta."""
+        if self._applied is not None:
+            raise RuntimeError("GaussianPerturbation.apply_ called twice without restore_")
+        noise = self._noise.draw(params, generator, std=std)
+        data = [p.data for p in params]
+        if self._stash_layout is not self._noise.layout:  # first call, or the shapes changed
+            self._stash = list(torch._foreach_clone(data))
+            self._stash_layout = self._noise.layout
+        else:
+            torch._foreach_copy_(self._stash, data)
+        torch._foreach_add_(data, noise)
+        self._applied = data
+
+    def restore_(self) -> None:
+        """Copy the theta saved by :meth:`apply_` back (exact)."""
+        if self._applied is not None:
+            torch._foreach_copy_(self._applied, self._stash)
+            self._applied = None
 
 
 GradientOracle = Callable[[], tuple[Tensor, list[Tensor | None]]]

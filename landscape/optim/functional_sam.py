@@ -114,8 +114,8 @@ class AngleSAM(PerturbationRule):
                     with torch.no_grad():
                         perturbed_logits = _outputs(model(inputs))
                 if w_logit != 0.0:
-                    detached = perturbed_logits.detach().requires_grad_(True)
-                    (perturbed_residual,) = torch.autograd.grad(loss(detached, targets), detached)
+                    # closed form for the built-in losses: no loss forward + backward on [B, T, V]
+                    perturbed_residual = loss.output_gradient(perturbed_logits, targets)
                 if residual is not None:
                     func_grads = torch.autograd.grad(
                         perturbed_logits,
@@ -147,23 +147,39 @@ class AngleSAM(PerturbationRule):
         """``(1 - sin - cos) g + sin g_logit + cos g_func``, skipping terms with weight 0."""
         w_func, w_logit = self.functional_weight, self.logit_weight
         w_plain = 1.0 - w_func - w_logit
-        out: list[Tensor | None] = []
-        for i, g in enumerate(grads):
-            terms = []
-            if w_plain != 0.0 and g is not None:
-                terms.append((w_plain, g))
-            if func_grads is not None and func_grads[i] is not None:
-                terms.append((w_func, func_grads[i]))
-            if logit_grads is not None and logit_grads[i] is not None:
-                terms.append((w_logit, logit_grads[i]))
-            if not terms:
-                out.append(None)
-                continue
+        terms: list[tuple[float, list[Tensor | None]]] = []
+        if w_plain != 0.0:
+            terms.append((w_plain, list(grads)))
+        if func_grads is not None:
+            terms.append((w_func, list(func_grads)))
+        if logit_grads is not None:
+            terms.append((w_logit, list(logit_grads)))
+        if len(terms) == 1 and terms[0][0] == 1.0:
+            return terms[0][1]  # func-sam, logit-sam: the one VJP is the gradient
+        out: list[Tensor | None] = [None] * len(grads)
+        if not terms:
+            return out
+        # tensors present in every term go through foreach kernels (one launch per term, not one
+        # per parameter); the rest (a parameter unused by one of the passes) one by one
+        full = [i for i in range(len(grads)) if all(t[i] is not None for _, t in terms)]
+        if full:
             weight, first = terms[0]
-            total = first if weight == 1.0 else first * weight
+            total = torch._foreach_mul([first[i] for i in full], weight)
             for weight, term in terms[1:]:
-                total = total.add(term, alpha=weight)
-            out.append(total)
+                torch._foreach_add_(total, [term[i] for i in full], alpha=weight)
+            for i, value in zip(full, total, strict=True):
+                out[i] = value
+        done = set(full)
+        for i in range(len(grads)):
+            if i in done:
+                continue
+            present = [(weight, term[i]) for weight, term in terms if term[i] is not None]
+            if present:
+                weight, first = present[0]
+                total_i = first * weight
+                for weight, term_i in present[1:]:
+                    total_i = total_i.add(term_i, alpha=weight)
+                out[i] = total_i
         return out
 
 

@@ -22,13 +22,12 @@ import torch
 from torch import Tensor, nn
 
 from landscape.optim.base import (
+    GaussianNoise,
+    GaussianPerturbation,
     GradientOracle,
     GradientRule,
     SeededGenerator,
     check_finite_positive,
-    gaussian_like,
-    perturb_,
-    restore_,
     write_grads,
 )
 
@@ -72,6 +71,7 @@ class SGLD(torch.optim.Optimizer):
             raise ValueError(f"weight_decay must be non-negative, got {weight_decay}")
         super().__init__(params, {"lr": lr, "beta": beta, "weight_decay": weight_decay})
         self.noise = SeededGenerator(seed, generator)
+        self._buffers: dict[int, GaussianNoise] = {}  # per param group: reused noise storage
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
@@ -80,7 +80,7 @@ class SGLD(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for group in self.param_groups:
+        for index, group in enumerate(self.param_groups):
             lr, beta, weight_decay = group["lr"], group["beta"], group["weight_decay"]
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
@@ -91,7 +91,8 @@ class SGLD(torch.optim.Optimizer):
             torch._foreach_add_(params, grads, alpha=-lr)
             noise_std = math.sqrt(2.0 * lr / beta)
             if noise_std > 0:
-                torch._foreach_add_(params, gaussian_like(params, self.noise), alpha=noise_std)
+                buffer = self._buffers.setdefault(index, GaussianNoise())
+                torch._foreach_add_(params, buffer.draw(params, self.noise, std=noise_std))
         return loss
 
     def state_dict(self) -> dict[str, Any]:
@@ -138,6 +139,7 @@ class FSGLD(GradientRule):
         self.sigma = sigma
         self.beta = beta
         self.eta = float(eta)
+        self._perturbation = GaussianPerturbation()
 
     def current_sigma(self, optimizer: torch.optim.Optimizer | None = None) -> float:
         """sigma: given directly, or coupled to beta (given or read from the SGLD optimizer)."""
@@ -160,12 +162,10 @@ class FSGLD(GradientRule):
     ) -> Tensor:
         params = [p for _, p in named]
         sigma = self.current_sigma(optimizer)
-        eps = gaussian_like(params, self.generator)
-        saved = perturb_(params, eps, alpha=sigma)
-        del eps
+        self._perturbation.apply_(params, self.generator, std=sigma)
         try:
             value, grads = oracle()
         finally:
-            restore_(params, saved)
+            self._perturbation.restore_()
         write_grads(params, grads)
         return value
