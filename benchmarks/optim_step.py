@@ -104,9 +104,10 @@ def make_step(name: str, model: nn.Module, x: Tensor, y: Tensor, m: int) -> Call
 
 
 def time_rules(
-    model: nn.Module, x: Tensor, y: Tensor, m: int, repeats: int, steps: int, names: list[str]
+    model: nn.Module, x: Tensor, y: Tensor, m: int, repeats: int, steps: int, names: list[str] | None = None
 ) -> dict[str, float]:
-    """Median seconds per step of the named rules, from interleaved rounds."""
+    """Median seconds per step of the named rules (default: all), from interleaved rounds."""
+    names = list(RULES) if names is None else names
     runners = {name: make_step(name, model, x, y, m) for name in names}
     for run in runners.values():  # warm-up: allocator, Adam state, first-call overheads
         for _ in range(2):
