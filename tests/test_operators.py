@@ -108,6 +108,38 @@ def test_parameter_subset_and_blocks(case):
     assert rel(BlockOperator(DenseOperator(case["H"]), sl).to_dense(), ref_block) == 0.0
 
 
+@pytest.mark.parametrize("batch_size", [None, 3])
+@pytest.mark.parametrize("method", HVP_METHODS)
+def test_block_products_confined_to_the_block_match_the_dense_hessian(case, method, batch_size, monkeypatch):
+    """H_bb V for single tensors, a run of whole tensors and an unaligned slice, on every route.
+
+    reuse and double-backward confine the backward to the block; forward-over-reverse and the
+    unaligned slice take the block of a full product. Both agree with the dense Hessian, and the
+    confined route really is taken where it applies (the full product is made unavailable)."""
+    problem = Problem(
+        case["model"], (case["x"], case["y"]), case["loss"], batch_size=batch_size, dtype=torch.float64
+    )
+    assert (len(problem.batches) > 1) == (batch_size is not None)
+    H = HessianOperator(problem, method=method)
+    offsets = problem.offsets
+    blocks = [sl for _, sl in problem.blocks()]
+    blocks += [slice(offsets[1], offsets[3]), slice(offsets[0] + 1, offsets[1] + 2)]
+    g = torch.Generator().manual_seed(5)
+    for sl in blocks:
+        size = sl.stop - sl.start
+        V = torch.randn(size, 3, generator=g, dtype=torch.float64)
+        aligned = sl.start in offsets and sl.stop in offsets
+        confined = aligned and method != "forward-over-reverse"
+        before = H.products
+        with monkeypatch.context() as patch:
+            if confined:  # the block of a full product must not be used
+                patch.setattr(H, "matmat", lambda *a, **k: pytest.fail("full product used"))
+            out = BlockOperator(H, sl).matmat(V)
+        assert rel(out, case["H"][sl, sl] @ V) < 1e-12
+        assert H.products - before == 3
+        assert (H.diagonal_block_matmat(sl, V) is not None) == confined
+
+
 def test_operator_algebra_and_scipy_view(case):
     problem = case["problem"]
     H, G = HessianOperator(problem), GGNOperator(problem)
