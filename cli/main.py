@@ -83,7 +83,12 @@ def summary_table(result: Any) -> Table:
                 else "positive: the paths point the same way"
             ),
         ),
-        ("products", f"{r.hvp_count} H, {r.ggn_count} G", f"{r.hvp_method} HVPs; {r.seconds:.1f} s"),
+        (
+            "products",
+            f"{r.hvp_count} H, {r.ggn_count} G",
+            f"{r.hvp_method} HVPs; {r.seconds:.1f} s"
+            + (f" on {r.processes} processes" if r.processes > 1 else ""),
+        ),
     ]
     for name, value, note in rows:
         if value != "-" or name in ("loss",):
@@ -145,10 +150,13 @@ def analyze(
 
     from landscape.analysis import analyze as run_analysis
     from landscape.analysis import parse_metrics
+    from landscape.distributed import init_from_env, rank
     from landscape.report.analysis_files import write_analysis
     from landscape.report.files import dumps_json, ensure_writable_dir
     from landscape.resolve import parse_dtype, resolve_inputs
 
+    # under torchrun every rank analyses its shard of the data; rank 0 alone reports and writes
+    leader = not init_from_env() or rank() == 0
     torch_dtype = parse_dtype(dtype)
     chosen = parse_metrics(metrics)
     if samples is not None and samples < 1:
@@ -158,7 +166,7 @@ def analyze(
             raise UserError(f"--threads must be positive, got {threads}")
         torch.set_num_threads(threads)
     ensure_writable_dir(out)
-    with stage_progress(not json_output) as report:
+    with stage_progress(not json_output and leader) as report:
         report("loading model and data")
         inputs = resolve_inputs(
             checkpoint,
@@ -189,8 +197,10 @@ def analyze(
             seed=seed,
             progress=report,
         )
-        report("writing files")
         context = inputs.context() | {"seed": seed, "params": params}
+        if not leader:
+            return
+        report("writing files")
         written = write_analysis(result, out, context)
     if json_output:
         out_console.file.write(dumps_json(result.to_dict() | {"context": context}))

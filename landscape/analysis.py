@@ -110,6 +110,7 @@ class AnalysisResult:
     ggn_method: str | None = None
     seconds: float = 0.0
     seed: int = 0
+    processes: int = 1
     layers: list[LayerResult] = field(default_factory=list)
     density: dict[str, dict[str, list[float]]] | None = None
 
@@ -318,6 +319,7 @@ def analyze(
         ggn_method=G.method if G is not None else None,
         seconds=time.perf_counter() - started,
         seed=seed,
+        processes=problem.describe()["processes"],
         layers=layers,
         density=density,
         **out,

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from landscape import distributed as _dist
 from landscape.errors import UserError
 from landscape.models import unwrap_output
 
@@ -150,6 +151,12 @@ def _slice(inputs: Any, start: int, stop: int) -> Any:
     return inputs[start:stop]
 
 
+def _take(inputs: Any, index: Tensor) -> Any:
+    if isinstance(inputs, dict):
+        return {k: torch.as_tensor(v)[index] for k, v in inputs.items()}
+    return torch.as_tensor(inputs)[index]
+
+
 class Problem:
     """Model + loss + data, with the parameters as explicit function arguments.
 
@@ -162,6 +169,14 @@ class Problem:
         batch_size: chunk size in samples (memory only; results do not depend on it). Default:
             about 2M model-output elements per chunk.
         dtype: compute dtype for parameters, float buffers and float inputs (default: the model's).
+        distributed: sum over the processes of ``torch.distributed`` (see
+            :mod:`landscape.distributed`). ``None`` (default): when it is initialised with more than
+            one process. Then data given as ``(x, y)`` (or ``.x``/``.y``, a ``Dataset``) is sharded:
+            this process keeps samples ``rank, rank + P, ...``; an iterable of batches (a
+            ``DataLoader``) is taken as this process's own share, so give each rank different,
+            non-overlapping batches (``DistributedSampler`` pads with repeated samples unless the
+            data divides evenly). Loss, gradient and every curvature product are then all-reduced
+            full-data means, identical on all ranks; every rank must make the same calls.
     """
 
     def __init__(
@@ -174,7 +189,13 @@ class Problem:
         batch_size: int | None = None,
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
+        distributed: bool | None = None,
     ) -> None:
+        if distributed is None:
+            distributed = _dist.is_distributed()
+        elif distributed and not _dist.is_distributed():
+            raise UserError("distributed=True needs torch.distributed initialised with more than one process")
+        self.distributed = bool(distributed)
         if loss not in LOSSES:
             raise UserError(f"unknown loss '{loss}' (choose from {', '.join(LOSSES)})")
         if batch_size is not None and batch_size < 1:
@@ -210,8 +231,10 @@ class Problem:
             self.offsets.append(self.offsets[-1] + k)
         self.num_params = self.offsets[-1]
         self.batches = self._make_batches(data, batch_size)
-        self.num_targets = sum(b.count for b in self.batches)
-        self.num_samples = sum(b.num_samples for b in self.batches)
+        counts = torch.tensor([sum(b.count for b in self.batches), sum(b.num_samples for b in self.batches)])
+        self.local_num_targets, self.local_num_samples = int(counts[0]), int(counts[1])
+        self.all_reduce_(counts)
+        self.num_targets, self.num_samples = int(counts[0]), int(counts[1])
         if self.num_targets == 0:
             raise UserError("the data has no targets to compute a loss on (all ignored?)")
         self._check_outputs()
@@ -261,6 +284,9 @@ class Problem:
             n = _num_items(x)
             if n != len(y):
                 raise UserError(f"inputs and targets differ in length ({n} vs {len(y)})")
+            if self.distributed:
+                index = _dist.shard_indices(n, _dist.rank(), _dist.world_size())
+                x, y, n = _take(x, index), torch.as_tensor(y)[index], len(index)
             if batch_size is None:
                 per_item = max(1, int(y[:1].numel())) * 64
                 batch_size = max(1, DEFAULT_OUTPUT_ELEMENTS_PER_BATCH // per_item)
@@ -321,8 +347,10 @@ class Problem:
         """The full-data mean loss L(theta)."""
         params = self.params if params is None else params
         with torch.no_grad():
-            total = sum(float(self.batch_loss_sum(params, b)) for b in self.batches)
-        return total / self.num_targets
+            total = torch.tensor(
+                sum(float(self.batch_loss_sum(params, b)) for b in self.batches), dtype=torch.float64
+            )
+        return float(self.all_reduce_(total)) / self.num_targets
 
     def gradient(self, params: dict[str, Tensor] | None = None) -> Tensor:
         """The full-data gradient grad L(theta) as a flat vector."""
@@ -332,7 +360,16 @@ class Problem:
             leaves = {n: p.detach().requires_grad_(True) for n, p in params.items()}
             grads = torch.autograd.grad(self.batch_loss_sum(leaves, b), [leaves[n] for n in self.param_names])
             total += self.flatten(grads)
-        return total / self.num_targets
+        return self.all_reduce_(total) / self.num_targets
+
+    def all_reduce_(self, tensor: Tensor) -> Tensor:
+        """Sum ``tensor`` over the processes in place when the problem is distributed; returns it.
+
+        The one place where per-shard sums become full-data sums (loss, gradient, products).
+        """
+        if self.distributed:
+            _dist.all_reduce_sum_(tensor)
+        return tensor
 
     # ------------------------------------------------------------------------------ vectors
     def flatten(self, tensors: dict[str, Tensor] | Sequence[Tensor]) -> Tensor:
@@ -371,6 +408,7 @@ class Problem:
             "num_samples": self.num_samples,
             "num_targets": self.num_targets,
             "num_batches": len(self.batches),
+            "processes": _dist.world_size() if self.distributed else 1,
             "loss_function": self.loss,
             "dtype": str(self.dtype).replace("torch.", ""),
             "mode": "eval (dropout off, BatchNorm running statistics)",

@@ -97,7 +97,8 @@ class _CurvatureOperator(LinearOperator):
         for start in range(0, V.shape[1], self.block_size):
             cols = V[:, start : start + self.block_size]
             out[:, start : start + cols.shape[1]] = self._block(cols)
-        return out / self.problem.num_targets
+        # this process's batches give a partial sum; the full-data sum is over all processes
+        return self.problem.all_reduce_(out) / self.problem.num_targets
 
     def _block(self, V: Tensor) -> Tensor:  # pragma: no cover - abstract
         """Sum over batches of the *summed* (not averaged) product with the columns of V."""
@@ -177,7 +178,7 @@ class HessianOperator(_CurvatureOperator):
         total = torch.zeros(self.n, dtype=self.dtype, device=self.device)
         for _, grads in self._graphs:
             total += self.problem.flatten([g.detach() for g in grads])
-        return total / self.problem.num_targets
+        return self.problem.all_reduce_(total) / self.problem.num_targets
 
     def _forward_mode_works(self) -> bool:
         try:
@@ -292,7 +293,7 @@ class HessianOperator(_CurvatureOperator):
                     ]
                 )
         self.products += V.shape[1]
-        return out / self.problem.num_targets
+        return self.problem.all_reduce_(out) / self.problem.num_targets
 
     def release(self) -> None:
         """Drop retained graphs (memory); later products fall back to streaming routes."""

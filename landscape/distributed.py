@@ -1,0 +1,101 @@
+"""Data-parallel curvature with ``torch.distributed``: each process holds a shard of the data.
+
+Every quantity of the engine is a full-data mean, ``(1/N) sum_i f_i`` over targets i: the loss,
+the gradient and the products ``H v``, ``G v`` (:mod:`landscape.curvature.operators`). Split the
+data over P processes, sum ``f_i`` over each shard, all-reduce the sums and the counts, and every
+process holds the full-data result, bit for bit the same on all ranks (an all-reduce returns one
+value to everyone). The vectors fed to the products come from seeded generators, so they are the
+same on every rank, and so are the Lanczos, trace and density iterations built on them: every
+rank runs the same algorithm on the same numbers, with one all-reduce per product (the lockstep
+scheme of google/spectral-density, with exact counts instead of equal batch sizes; the
+hessian-eigenthings DDP operator sums HVPs the same way).
+
+``torch.distributed`` must be initialised by the caller (``torchrun`` + ``init_process_group``,
+or :func:`init_from_env`); with one process, or none initialised, everything here is a no-op.
+"""
+
+from __future__ import annotations
+
+import atexit
+import datetime
+import os
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from landscape.errors import UserError
+
+__all__ = ["all_reduce_sum_", "init_from_env", "is_distributed", "rank", "shard_indices", "world_size"]
+
+
+def is_distributed() -> bool:
+    """Whether ``torch.distributed`` is initialised with more than one process."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def world_size() -> int:
+    """Number of processes (1 when ``torch.distributed`` is not in use)."""
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def rank() -> int:
+    """This process's rank (0 when ``torch.distributed`` is not in use)."""
+    return dist.get_rank() if is_distributed() else 0
+
+
+def all_reduce_sum_(tensor: Tensor) -> Tensor:
+    """Sum ``tensor`` over all processes, in place (a no-op with one process); returns it."""
+    if not is_distributed():
+        return tensor
+    if dist.get_backend() == "nccl" and tensor.device.type != "cuda":
+        # NCCL reduces CUDA tensors only: counts and losses live on the CPU
+        staged = tensor.to(f"cuda:{torch.cuda.current_device()}")
+        dist.all_reduce(staged, op=dist.ReduceOp.SUM)
+        tensor.copy_(staged)
+    else:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def shard_indices(num_items: int, shard_rank: int, shards: int) -> Tensor:
+    """The items of one shard: ``shard_rank, shard_rank + shards, ...`` (strided, no padding).
+
+    Strided like ``DistributedSampler`` without shuffling, but without its padding: padding
+    repeats samples, which would weight them twice in the full-data mean. Every shard must hold
+    at least one item.
+    """
+    if not 0 <= shard_rank < shards:
+        raise ValueError(f"shard {shard_rank} of {shards} does not exist")
+    if num_items < shards:
+        raise UserError(
+            f"{num_items} samples cannot be shared out over {shards} processes (one each at least)"
+        )
+    return torch.arange(shard_rank, num_items, shards)
+
+
+def init_from_env(backend: str | None = None, timeout_s: float = 300.0) -> bool:
+    """Initialise the default process group from ``torchrun``'s environment, if it launched us.
+
+    Returns True when more than one process takes part. Reads ``WORLD_SIZE`` (absent or 1: nothing
+    to do); ``backend`` defaults to ``nccl`` when CUDA is available, else ``gloo``. Already
+    initialised: left as it is.
+    """
+    if dist.is_available() and dist.is_initialized():
+        return is_distributed()
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    if not dist.is_available():
+        raise UserError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
+    if backend is None:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+    dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
+    atexit.register(_destroy)
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    return is_distributed()
+
+
+def _destroy() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
