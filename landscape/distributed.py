@@ -26,7 +26,15 @@ from torch import Tensor
 
 from landscape.errors import UserError
 
-__all__ = ["all_reduce_sum_", "init_from_env", "is_distributed", "rank", "shard_indices", "world_size"]
+__all__ = [
+    "all_reduce_max_",
+    "all_reduce_sum_",
+    "init_from_env",
+    "is_distributed",
+    "rank",
+    "shard_indices",
+    "world_size",
+]
 
 
 def is_distributed() -> bool:
@@ -55,6 +63,13 @@ def all_reduce_sum_(tensor: Tensor) -> Tensor:
         tensor.copy_(staged)
     else:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def all_reduce_max_(tensor: Tensor) -> Tensor:
+    """Elementwise maximum of ``tensor`` over all processes, in place; returns it."""
+    if is_distributed():
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
     return tensor
 
 

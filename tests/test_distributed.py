@@ -22,6 +22,7 @@ from landscape import distributed
 from landscape.analysis import analyze
 from landscape.curvature.operators import BlockOperator, GGNOperator, HessianOperator
 from landscape.errors import UserError
+from landscape.optim import make_rule
 from landscape.problem import Problem
 
 WORLD = 2
@@ -56,6 +57,64 @@ def quantities(kind: str, problem: Problem) -> dict[str, object]:
     return out
 
 
+# rule name -> options; each runs on the MLP (samples split 5 / 3) and the LM (2 / 2 sequences)
+RULE_CASES = {
+    "sgd": {},
+    "sam": {"rho": 0.1},
+    "asam": {"rho": 0.5},
+    "func-sam": {"rho": 0.1},
+    "logit-sam": {"rho": 0.1},
+    "angle-sam": {"rho": 0.1, "phi": 0.6},
+    "precond-sam": {"rho": 0.01},
+    "precond-func-sam": {"rho": 0.01},
+    "rwsam": {"rho": 0.1, "temperature": 0.05},
+    "fsgld": {"sigma": 0.05, "seed": 4},
+}
+SPLITS = {"mlp": (8, 5), "lm": (16, 2)}  # tiny_case n, samples on rank 0
+
+
+def rule_case(kind: str, part: int | None) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    """The model and the batch of one process (``part`` 0 or 1) or the whole batch (None)."""
+    n, cut = SPLITS[kind]
+    model, (x, y), _ = tiny_case(kind, n=n, seed=2)
+    if kind == "lm":
+        y = y.clone()
+        y[0, :3] = -100  # uneven target counts between the two processes
+    if part is None:
+        return model, x, y
+    return (model, x[:cut], y[:cut]) if part == 0 else (model, x[cut:], y[cut:])
+
+
+def rule_gradients(part: int | None) -> dict[str, torch.Tensor]:
+    """Every rule's flat gradient (and loss, last entry) on a process's part or the whole batch."""
+    out = {}
+    for kind in SPLITS:
+        cases = dict(RULE_CASES) | {"msam": {"rho": 0.1, "m": 1 if kind == "mlp" else 2}}
+        for name, options in cases.items():
+            model, x, y = rule_case(kind, part)
+            opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+            for i, p in enumerate(model.parameters()):  # an Adam state for the precond rules
+                p.grad = torch.linspace(-1, 1, p.numel(), dtype=p.dtype).view_as(p) * (i + 1)
+            opt.step()
+            value = make_rule(name, **options).compute_gradient(model, x, y, optimizer=opt)
+            out[f"{kind}/{name}"] = torch.cat(
+                [p.grad.reshape(-1) for p in model.parameters()] + [value.reshape(1)]
+            )
+    # a closure: the processes' batches count alike, so split the MLP's 8 samples 4 / 4
+    model, (x, y), _ = tiny_case("mlp", n=8, seed=2)
+    if part is not None:
+        x, y = (x[:4], y[:4]) if part == 0 else (x[4:], y[4:])
+
+    def closure() -> torch.Tensor:
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        return loss
+
+    value = make_rule("sam", rho=0.1).compute_gradient_from_closure(closure, model)
+    out["mlp/sam-closure"] = torch.cat([p.grad.reshape(-1) for p in model.parameters()] + [value.reshape(1)])
+    return out
+
+
 def worker(rank: int, store: str, out_dir: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group(
@@ -72,6 +131,11 @@ def worker(rank: int, store: str, out_dir: str) -> None:
             problem = Problem(model, data, loss, dtype=torch.float64)
             assert problem.distributed
             results[kind] = quantities(kind, problem) | {"local_samples": problem.local_num_samples}
+        results["rules"] = rule_gradients(rank)
+        try:
+            make_rule("fmlora").compute_gradient(*rule_case("mlp", rank))
+        except NotImplementedError as exc:
+            results["fmlora"] = str(exc)
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -88,6 +152,7 @@ def runs(tmp_path_factory):
         problem = Problem(model, data, loss, dtype=torch.float64)
         assert not problem.distributed
         single[kind] = quantities(kind, problem)
+    single["rules"] = rule_gradients(None)
     return ranks, single
 
 
@@ -145,3 +210,18 @@ def test_single_process_is_left_alone(monkeypatch):
     model, data, loss = tiny_case("mlp")
     with pytest.raises(UserError, match="distributed=True"):
         Problem(model, data, loss, distributed=True)
+
+
+@pytest.mark.timeout(240)
+def test_rules_on_two_processes_give_the_gradient_of_the_whole_batch(runs):
+    """Each process passes its part of the batch; every process gets the global-batch gradient:
+    SAM-family eps* from the global g, RW-SAM's softmax over all samples, fSGLD's shared e."""
+    ranks, single = runs
+    assert set(ranks[0]["rules"]) == set(single["rules"])
+    for key, reference in single["rules"].items():
+        assert torch.equal(ranks[0]["rules"][key], ranks[1]["rules"][key]), key
+        assert rel(ranks[0]["rules"][key], reference) < 1e-12, key
+    # and the parts really differ: a process's own gradient is not the global one
+    part = rule_gradients(0)
+    assert rel(part["mlp/sam"], single["rules"]["mlp/sam"]) > 1e-3
+    assert "does not run data-parallel" in ranks[0]["fmlora"]

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from landscape import distributed as _dist
 from landscape.models import unwrap_output
 
 LossLike = str | Callable[[Tensor, Tensor], Tensor]
@@ -494,10 +495,63 @@ class GradientRule:
     name: ClassVar[str] = "rule"
     cost: ClassVar[str] = "1F+1B"
     supports_closure: ClassVar[bool] = False
+    data_parallel: ClassVar[bool] = True
+    """Whether the rule runs data-parallel under ``torch.distributed`` (see :meth:`compute_gradient`)."""
 
     def __init__(self, *, seed: int = 0) -> None:
         self.step = 0
         self.generator = SeededGenerator(seed)
+        # this process's share n_r / N of the global batch while a data-parallel call runs
+        self._share: float | None = None
+
+    def _local_count(self, loss: BatchLoss, targets: Any) -> float:
+        """What this rule's batch mean divides by: counted targets (cross-entropy), elements (mse),
+        samples (a callable loss). The data-parallel weight of a process is its count over the sum."""
+        if loss.kind == "cross_entropy":
+            return float((targets != IGNORE_INDEX).sum())
+        if loss.kind == "mse":
+            return float(targets.numel())
+        return float(batch_size(targets))
+
+    def _begin_data_parallel(self, count: float | None) -> None:
+        if not _dist.is_distributed():
+            self._share = None
+            return
+        if not self.data_parallel:
+            raise NotImplementedError(
+                f"rule {self.name!r} does not run data-parallel (torch.distributed) yet"
+            )
+        if count is None:  # a closure: the batch is unknown, so the processes' batches count alike
+            self._share = 1.0 / _dist.world_size()
+            return
+        total = _dist.all_reduce_sum_(torch.tensor([count], dtype=torch.float64))
+        self._share = count / float(total) if float(total) > 0 else 0.0
+
+    def _finish_data_parallel(self, params: Sequence[Tensor], value: Tensor) -> Tensor:
+        """``sum_r (n_r / N) x_r`` of the gradients and the loss: the global-batch mean."""
+        share, self._share = self._share, None
+        if share is None:
+            return value
+        grads = [p.grad for p in params]
+        present = [g for g in grads if g is not None]
+        flat = torch.cat(
+            [g.reshape(-1).to(torch.float64) for g in present] + [value.detach().reshape(1).double()]
+        )
+        _dist.all_reduce_sum_(flat.mul_(share))  # one collective for every tensor
+        for g, piece in zip(present, flat[:-1].split([g.numel() for g in present]), strict=True):
+            g.copy_(piece.view_as(g))
+        return flat[-1].to(value.dtype)
+
+    def global_mean(self, tensors: Sequence[Tensor | None]) -> list[Tensor | None]:
+        """Data-parallel: ``sum_r (n_r / N) t_r`` of per-process batch means (the global-batch mean);
+        otherwise ``tensors`` as they are. What a rule needs mid-step, e.g. ``g`` for eps*."""
+        if self._share is None:
+            return list(tensors)
+        present = [t for t in tensors if t is not None]
+        flat = torch.cat([t.reshape(-1).to(torch.float64) for t in present]).mul_(self._share)
+        _dist.all_reduce_sum_(flat)
+        pieces = iter(flat.split([t.numel() for t in present]))
+        return [None if t is None else next(pieces).view_as(t).to(t.dtype) for t in tensors]
 
     def compute_gradient(
         self,
@@ -512,11 +566,25 @@ class GradientRule:
         ``optimizer`` is the base optimizer; only rules that read its state (``precond-*``) need
         it. Returns the detached mean batch loss at the unperturbed parameters (``fsgld``: at
         its perturbed point, the only point it evaluates).
+
+        Data-parallel: when ``torch.distributed`` runs with more than one process, each process
+        passes its own part of the batch and every process ends with the gradient and loss of the
+        whole (global) batch: per-process means are combined with weights ``n_r / N`` (counted
+        targets; all-reduced), and what a rule needs mid-step is global too (``g`` and so eps*
+        for the SAM family; RW-SAM's softmax normaliser). m-SAM keeps its micro-batches, and
+        their perturbations, inside each process. Every process must build the rule with the same
+        seed (fSGLD then draws the same e everywhere) and call it at the same steps.
         """
         named = trained_parameters(model)
         if not named:
             raise ValueError("the model has no parameter with requires_grad=True")
-        value = self._compute(model, named, inputs, targets, BatchLoss(loss_fn), optimizer)
+        loss = BatchLoss(loss_fn)
+        self._begin_data_parallel(self._local_count(loss, targets) if _dist.is_distributed() else None)
+        try:
+            value = self._compute(model, named, inputs, targets, loss, optimizer)
+            value = self._finish_data_parallel([p for _, p in named], value)
+        finally:
+            self._share = None
         self.step += 1
         return value
 
@@ -537,7 +605,12 @@ class GradientRule:
             )
         named = trained_parameters(model)
         params = [p for _, p in named]
-        value = self._compute_with_oracle(closure_oracle(closure, params), model, named, optimizer)
+        self._begin_data_parallel(None)
+        try:
+            value = self._compute_with_oracle(closure_oracle(closure, params), model, named, optimizer)
+            value = self._finish_data_parallel(params, value)
+        finally:
+            self._share = None
         self.step += 1
         return value
 
@@ -634,6 +707,9 @@ class PerturbationRule(GradientRule):
       normalised first, then preconditioned, so ``||e|| != rho`` and rho lives on another scale.
     """
 
+    local_perturbation: ClassVar[bool] = False
+    """True: data-parallel calls keep e per process (m-SAM's micro-batch perturbations)."""
+
     def __init__(
         self,
         rho: float = 0.05,
@@ -670,7 +746,12 @@ class PerturbationRule(GradientRule):
         rho: float,
         optimizer: torch.optim.Optimizer | None = None,
     ) -> list[Tensor | None]:
-        """The perturbation e (one tensor per parameter; ``None`` where the gradient is ``None``)."""
+        """The perturbation e (one tensor per parameter; ``None`` where the gradient is ``None``).
+
+        Data-parallel, ``grads`` are this process's and e is built from the global-batch ``g``
+        (``local_perturbation`` rules, m-SAM, keep theirs)."""
+        if not self.local_perturbation:
+            grads = self.global_mean(grads)
         # clamp instead of adding 1e-12: e is exactly rho g/||g|| for any non-zero g, and 0 for g = 0
         tiny = torch.finfo(torch.float64).tiny
         if self.geometry == "adaptive":

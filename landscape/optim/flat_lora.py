@@ -416,6 +416,8 @@ class LoRAGradient(_LoRARuleMixin, GradientRule):
 class _FlatLoRABase(_LoRARuleMixin, PerturbationRule):
     """rho, its warm-up/schedule, and the normalisation option of FMLoRA and EFMLoRA."""
 
+    data_parallel = False  # the flat-LoRA perturbations are not all-reduced yet
+
     def __init__(
         self,
         rho: float = 0.05,

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from landscape import distributed as _dist
 from landscape.optim.base import (
     BatchLoss,
     GradientOracle,
@@ -158,6 +159,7 @@ class MSAM(PerturbationRule):
 
     name = "msam"
     cost = "2F+2B (B/m sequential micro-batches)"
+    local_perturbation = True  # each micro-batch keeps its own e_c, also data-parallel
 
     def __init__(
         self,
@@ -173,6 +175,16 @@ class MSAM(PerturbationRule):
             raise ValueError(f"micro-batch size m must be >= 1, got {m}")
         self.m = int(m)
 
+    def _micro_batches(self, targets: Any, loss: BatchLoss) -> list[tuple[int, int]]:
+        """(start, stop) of the micro-batches that have a counted target."""
+        total = batch_size(targets)
+        spans = [(start, min(start + self.m, total)) for start in range(0, total, self.m)]
+        return [(a, b) for a, b in spans if bool(loss.sample_has_targets(slice_batch(targets, a, b)).any())]
+
+    def _local_count(self, loss: BatchLoss, targets: Any) -> float:
+        # m-SAM's mean weights micro-batches by their samples (B counts the micro-batches kept)
+        return float(sum(b - a for a, b in self._micro_batches(targets, loss)))
+
     def _compute(
         self,
         model: nn.Module,
@@ -184,13 +196,10 @@ class MSAM(PerturbationRule):
     ) -> Tensor:
         params = [p for _, p in named]
         rho = self.current_rho()
-        total = batch_size(targets)
-        chunks = []
-        for start in range(0, total, self.m):
-            stop = min(start + self.m, total)
-            chunk_targets = slice_batch(targets, start, stop)
-            if bool(loss.sample_has_targets(chunk_targets).any()):
-                chunks.append((slice_batch(inputs, start, stop), chunk_targets, stop - start))
+        chunks = [
+            (slice_batch(inputs, a, b), slice_batch(targets, a, b), b - a)
+            for a, b in self._micro_batches(targets, loss)
+        ]
         if not chunks:
             raise ValueError("no micro-batch has a counted target")
         counted = sum(n for _, _, n in chunks)
@@ -258,12 +267,20 @@ class RWSAM(PerturbationRule):
         self.last_sample_weights: Tensor | None = None
 
     def sample_weights(self, sharpness: Tensor, counted: Tensor) -> Tensor:
-        """``w = B softmax(s / T)`` over the samples with targets (0 for the others)."""
-        n = counted.sum().to(sharpness.dtype)
+        """``w = B softmax(s / T)`` over the samples with targets (0 for the others).
+
+        Data-parallel, B and the softmax run over the global batch: the maximum and the
+        normaliser are all-reduced, so each process weights its own samples as one process
+        holding the whole batch would."""
         if math.isinf(self.temperature):
             return counted.to(sharpness.dtype)
         logits = torch.where(counted, sharpness / self.temperature, torch.full_like(sharpness, -math.inf))
-        return n * torch.softmax(logits, dim=0)
+        if self._share is None:
+            return counted.sum().to(sharpness.dtype) * torch.softmax(logits, dim=0)
+        peak = _dist.all_reduce_max_(logits.max().detach().reshape(1).double())
+        exps = torch.exp(logits.double() - peak)
+        totals = _dist.all_reduce_sum_(torch.stack([exps.sum(), counted.sum().double()]))
+        return (totals[1] * exps / totals[0]).to(sharpness.dtype)
 
     def _compute(
         self,
