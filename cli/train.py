@@ -291,6 +291,7 @@ def train(
     del debug  # read by main()
     import torch
 
+    from landscape.distributed import init_from_env, rank
     from landscape.train import (
         RunConfig,
         TrainingInterrupted,
@@ -308,7 +309,9 @@ def train(
         if threads < 1:
             raise UserError(f"--threads must be positive, got {threads}")
         torch.set_num_threads(threads)
-    show = not json_output and err_console.is_terminal
+    # under torchrun every rank trains on its part of each batch; rank 0 alone reports and writes
+    leader = not init_from_env() or rank() == 0
+    show = not json_output and err_console.is_terminal and leader
     try:
         with training_progress(show) as report:
             if resume is not None:
@@ -383,6 +386,8 @@ def train(
         )
     except KeyboardInterrupt:  # a second Ctrl-C, or one before training started
         _stopped("interrupted; a run folder with checkpoints continues with: landscape train --resume DIR")
+    if not leader:
+        return
     if json_output:
         payload = [s.to_dict() for s in summaries]
         out_console.file.write(json.dumps(payload if len(payload) > 1 else payload[0], indent=2) + "\n")

@@ -10,6 +10,10 @@ rank runs the same algorithm on the same numbers, with one all-reduce per produc
 scheme of google/spectral-density, with exact counts instead of equal batch sizes; the
 hessian-eigenthings DDP operator sums HVPs the same way).
 
+Training uses the same helpers: a gradient rule weights each process's batch mean by its share
+``n_r / N`` of the counted targets and all-reduces (:meth:`landscape.optim.GradientRule.compute_gradient`),
+so every process holds the global-batch gradient and steps identical optimizers.
+
 ``torch.distributed`` must be initialised by the caller (``torchrun`` + ``init_process_group``,
 or :func:`init_from_env`); with one process, or none initialised, everything here is a no-op.
 """

@@ -9,6 +9,7 @@ same sum to everyone) and with the single-process results.
 from __future__ import annotations
 
 import datetime
+import json
 import math
 from pathlib import Path
 
@@ -22,8 +23,9 @@ from landscape import distributed
 from landscape.analysis import analyze
 from landscape.curvature.operators import BlockOperator, GGNOperator, HessianOperator
 from landscape.errors import UserError
-from landscape.optim import make_rule
+from landscape.optim import GradientRule, make_rule
 from landscape.problem import Problem
+from landscape.train import RunConfig, expand_suite, read_metrics, strip_timing, train_suite
 
 WORLD = 2
 # 25 samples: shards of 13 and 12; the LM's ignored targets make the per-shard counts uneven too
@@ -225,3 +227,76 @@ def test_rules_on_two_processes_give_the_gradient_of_the_whole_batch(runs):
     part = rule_gradients(0)
     assert rel(part["mlp/sam"], single["rules"]["mlp/sam"]) > 1e-3
     assert "does not run data-parallel" in ranks[0]["fmlora"]
+
+
+# a suite of two short runs with diagnostics, checkpoints and the final analysis
+TRAIN = dict(
+    model="mlp",
+    steps=8,
+    batch_size=30,
+    log_every=2,
+    checkpoint_every=4,
+    diagnose_every=4,
+    diagnose_samples=60,
+    final_analysis=True,
+    final_samples=48,
+    final_metrics="eigen,trace,ggn,tau",
+)
+TRAIN_METHODS = ["sam", "rwsam"]
+
+
+def train_worker(rank: int, store: str, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{store}",
+        rank=rank,
+        world_size=WORLD,
+        timeout=datetime.timedelta(seconds=120),
+    )
+    sizes: list[int] = []
+    original = GradientRule.compute_gradient
+
+    def recording(self, model, inputs, *args, **kwargs):
+        sizes.append(len(inputs))
+        return original(self, model, inputs, *args, **kwargs)
+
+    GradientRule.compute_gradient = recording  # a spawned child: the patch dies with it
+    try:
+        train_suite(expand_suite(RunConfig(**TRAIN), TRAIN_METHODS, []), out_dir)
+        (Path(store).parent / f"sizes{rank}.json").write_text(json.dumps(sizes))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.timeout(300)
+def test_a_training_suite_on_two_processes_follows_the_single_process_run(tmp_path):
+    """Same seed, same run: each process trains on its half of every batch, rank 0 alone writes,
+    and weights, logged losses, diagnostics and the final analysis match one process."""
+    parallel, single = tmp_path / "parallel", tmp_path / "single"
+    mp.spawn(train_worker, args=(str(tmp_path / "store"), str(parallel)), nprocs=WORLD, join=True)
+    for r in range(WORLD):  # each process stepped on its half of every batch of 30
+        assert json.loads((tmp_path / f"sizes{r}.json").read_text()) == [15] * (
+            TRAIN["steps"] * len(TRAIN_METHODS)
+        )
+    train_suite(expand_suite(RunConfig(**TRAIN), TRAIN_METHODS, []), single)
+    listing = sorted(p.relative_to(single).as_posix() for p in single.rglob("*"))
+    assert sorted(p.relative_to(parallel).as_posix() for p in parallel.rglob("*")) == listing
+    for method in TRAIN_METHODS:
+        a = torch.load(parallel / method / "final.pt", weights_only=True)["model"]
+        b = torch.load(single / method / "final.pt", weights_only=True)["model"]
+        for name in b:
+            assert rel(a[name], b[name]) < 1e-5, (method, name)
+        logged = [strip_timing(r) for r in read_metrics(parallel / method)]
+        reference = [strip_timing(r) for r in read_metrics(single / method)]
+        assert [r["step"] for r in logged] == [r["step"] for r in reference]
+        for r, ref in zip(logged, reference, strict=True):
+            for key, value in ref.items():
+                if isinstance(value, float):
+                    assert math.isclose(r[key], value, rel_tol=1e-4, abs_tol=1e-6), (method, r["step"], key)
+        for name in ("analysis.json", "summary.json"):
+            got = json.loads((parallel / method / name).read_text())
+            want = json.loads((single / method / name).read_text())
+            for key in ("lambda_max", "trace", "ggn_trace", "tau_logit", "eval_loss", "train_loss"):
+                if key in want and want[key] is not None:
+                    assert math.isclose(got[key], want[key], rel_tol=1e-4), (method, name, key)

@@ -35,7 +35,9 @@ periodic checkpoint stays valid).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import json
 import math
 import signal
@@ -51,6 +53,7 @@ from typing import Any, TextIO
 import torch
 from torch import Tensor, nn
 
+from landscape import distributed
 from landscape.checkpoints import load_into_model, save_atomic
 from landscape.data import Dataset, validate_labels
 from landscape.errors import UserError, one_line
@@ -260,6 +263,17 @@ class _StopRequest:
 
 # ----------------------------------------------------------------------------------------------
 # Files
+
+
+def _leader() -> bool:
+    """Rank 0 of a data-parallel run (or the only process): the one that writes files."""
+    return distributed.rank() == 0
+
+
+def _barrier() -> None:
+    """Wait for every process (a no-op with one): files rank 0 wrote are there afterwards."""
+    if distributed.is_distributed():
+        torch.distributed.barrier()
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
@@ -481,11 +495,12 @@ def train_run(
     else:
         if config is None:
             raise ValueError("a fresh run needs a config")
-        ensure_writable_dir(run_dir)
-        if run_dir.exists() and _holds_run(run_dir):
-            raise UserError(
-                f"{run_dir} already holds a run; resume it with --resume {run_dir} or choose another --out"
-            )
+        if _leader():
+            ensure_writable_dir(run_dir)
+            if run_dir.exists() and _holds_run(run_dir):
+                raise UserError(
+                    f"{run_dir} already holds a run; resume it with --resume {run_dir} or choose another --out"
+                )
     config = config.resolved()
     run = _prepare(config)
     config = run.config
@@ -504,19 +519,21 @@ def train_run(
             )
         pending, elapsed = _restore(run, state)
         start_step = int(state["step"])
-        _truncate_metrics(metrics_path, start_step)
-    else:
+        if _leader():
+            _truncate_metrics(metrics_path, start_step)
+    elif _leader():
         created = not run_dir.exists()
         run_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomic(run_dir / CONFIG_FILE, dumps_json(config.to_dict()))
         write_text_atomic(metrics_path, "")
+    _barrier()  # every process starts from the same files
 
     with _StopRequest() as stop:
         try:
             last_diag = _train_steps(run, run_dir, metrics_path, start_step, pending, elapsed, stop, report)
         except BaseException as exc:
             fresh_start = not resume and latest_checkpoint(run_dir) is None
-            if fresh_start and not isinstance(exc, TrainingInterrupted):
+            if fresh_start and not isinstance(exc, TrainingInterrupted) and _leader():
                 _remove_unstarted_run(run_dir, created)
             raise
         try:
@@ -560,6 +577,8 @@ def _train_steps(
         return time.perf_counter() - started
 
     def save(step: int) -> Path:
+        if not _leader():
+            return checkpoint_path(run_dir, step)
         state = {
             "step": step,
             "model": model_state(model),
@@ -587,7 +606,12 @@ def _train_steps(
             rule=rule,
         )
 
-    with open(metrics_path, "a", encoding="utf-8") as log:
+    # rank 0 keeps the log; the other processes of a data-parallel run write nowhere
+    sink = open(metrics_path, "a", encoding="utf-8") if _leader() else contextlib.nullcontext(io.StringIO())
+    world, rank = distributed.world_size(), distributed.rank()
+    if world > 1 and config.batch_size is not None and config.batch_size < world:
+        raise UserError(f"--batch-size {config.batch_size} cannot be shared out over {world} processes")
+    with sink as log:
         if start_step == 0 and config.diagnose_every:
             with stop.deferred():
                 last_diag = diagnostics(0)
@@ -601,6 +625,8 @@ def _train_steps(
                     group["lr"] = lr
                 rho = rule.current_rho() if isinstance(rule, PerturbationRule) else None
                 index = run.order.next_indices()
+                if world > 1:  # this process's part of the batch; the rule forms the global gradient
+                    index = index[rank::world]
                 inputs, targets = run.train.x[index], run.train.y[index]
                 loss = rule.compute_gradient(model, inputs, targets, loss_fn=loss_name, optimizer=optimizer)
                 last_loss = float(loss)
@@ -652,7 +678,9 @@ def _finish(
     config, model = run.config, run.model
     assert config.name is not None and config.loss is not None
     final_path = run_dir / FINAL_FILE
-    save_atomic(final_payload(model, jsonable(config.checkpoint_config())), final_path)
+    if _leader():
+        save_atomic(final_payload(model, jsonable(config.checkpoint_config())), final_path)
+    _barrier()  # final.pt and the whole metrics log are written
     evaluation = evaluate(model, run.eval, config.loss)
     records = read_metrics(run_dir / METRICS_FILE)
     train_loss = next((r["train_loss"] for r in reversed(records) if r.get("train_loss") is not None), None)
@@ -675,7 +703,9 @@ def _finish(
     if config.final_analysis:
         files += _final_analysis(run, run_dir, summary, report)
     summary.files = [str(p) for p in [*files, run_dir / SUMMARY_FILE]]
-    write_text_atomic(run_dir / SUMMARY_FILE, dumps_json(summary.to_dict()))
+    if _leader():
+        write_text_atomic(run_dir / SUMMARY_FILE, dumps_json(summary.to_dict()))
+    _barrier()
     report(TrainProgress(config.name, config.steps, config.steps, "done", train_loss, last_diag))
     return summary
 
@@ -709,7 +739,7 @@ def _final_analysis(run: _Run, run_dir: Path, summary: RunSummary, report: Progr
         "unigram_entropy": summary.unigram_entropy,
         "unigram_eval_loss": summary.unigram_eval_loss,
     }
-    written = write_analysis(result, run_dir, context)
+    written = write_analysis(result, run_dir, context) if _leader() else []
     summary.lambda_max = result.lambda_max
     summary.trace = result.trace
     summary.ggn_trace = result.ggn_trace
@@ -756,18 +786,20 @@ def train_suite(
         names = [c.name for c in runs]
         if len(set(names)) != len(names):
             raise UserError(f"run names repeat in the suite: {', '.join(str(n) for n in names)}")
-        ensure_writable_dir(suite_dir)
-        if suite_dir.exists() and _holds_run(suite_dir):
-            raise UserError(
-                f"{suite_dir} already holds a run; resume it with --resume {suite_dir} "
-                "or choose another --out"
-            )
-        suite_dir.mkdir(parents=True, exist_ok=True)
-        _write_suite(suite_path, runs, {})
+        if _leader():
+            ensure_writable_dir(suite_dir)
+            if suite_dir.exists() and _holds_run(suite_dir):
+                raise UserError(
+                    f"{suite_dir} already holds a run; resume it with --resume {suite_dir} "
+                    "or choose another --out"
+                )
+            suite_dir.mkdir(parents=True, exist_ok=True)
+            _write_suite(suite_path, runs, {})
     summaries: dict[str, RunSummary] = {}
     for config in runs:
         assert config.name is not None
         run_dir = suite_dir / config.name
+        _barrier()  # every process sees the same folders before deciding fresh or resumed
         started = (run_dir / CONFIG_FILE).is_file()
         try:
             summaries[config.name] = train_run(
@@ -775,7 +807,8 @@ def train_suite(
             )
         except TrainingInterrupted as exc:
             raise TrainingInterrupted(suite_dir, exc.step, exc.checkpoint) from None
-    _write_suite(suite_path, runs, summaries)
+    if _leader():
+        _write_suite(suite_path, runs, summaries)
     return [summaries[c.name] for c in runs if c.name is not None]
 
 
