@@ -240,6 +240,7 @@ def surface(
     (Li et al. 2018) and, with --other, the linear path between two checkpoints."""
     del debug
     from landscape.checkpoints import load_state_dict
+    from landscape.distributed import init_from_env, rank
     from landscape.problem import Problem
     from landscape.report.analysis_files import write_surface
     from landscape.report.files import ensure_writable_dir
@@ -248,9 +249,11 @@ def surface(
 
     if kind not in ("1d", "2d", "both"):
         raise UserError(f"--kind must be 1d, 2d or both, got '{kind}'")
+    # under torchrun every rank evaluates the losses on its shard; rank 0 alone reports and writes
+    leader = not init_from_env() or rank() == 0
     torch_dtype = parse_dtype(dtype)
     ensure_writable_dir(out)
-    with stage_progress(True) as report:
+    with stage_progress(leader) as report:
         report("loading model and data")
         inputs = resolve_inputs(
             checkpoint,
@@ -278,6 +281,8 @@ def surface(
             seed=seed,
             progress=report,
         )
+        if not leader:
+            return
         report("writing files")
         written = write_surface(result, out, inputs.context() | {"other": str(other) if other else None})
     out_console.print(f"loss at the checkpoint {result.center_loss:.6g}")
