@@ -11,6 +11,9 @@ from __future__ import annotations
 import datetime
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -300,3 +303,43 @@ def test_a_training_suite_on_two_processes_follows_the_single_process_run(tmp_pa
             for key in ("lambda_max", "trace", "ggn_trace", "tau_logit", "eval_loss", "train_loss"):
                 if key in want and want[key] is not None:
                     assert math.isclose(got[key], want[key], rel_tol=1e-4), (method, name, key)
+
+
+@pytest.mark.timeout(240)
+def test_cli_analyze_under_torchrun_writes_once_and_matches_one_process(tmp_path):
+    """The real launcher: two ranks share the digits, rank 0 alone prints and writes."""
+    exe = Path(sys.executable).with_name("landscape")
+    common = ["analyze", "--model", "mlp", "--samples", "300", "--metrics", "eigen,trace,tau", "--json"]
+    env = os.environ | {"OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
+    launch = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        str(exe),
+    ]
+    parallel = subprocess.run(
+        [*launch, *common, "--out", str(tmp_path / "two")],
+        capture_output=True,
+        text=True,
+        timeout=200,
+        env=env,
+    )
+    assert parallel.returncode == 0, parallel.stderr[-2000:]
+    single = subprocess.run(
+        [str(exe), *common, "--out", str(tmp_path / "one")],
+        capture_output=True,
+        text=True,
+        timeout=200,
+        env=env,
+    )
+    assert single.returncode == 0, single.stderr[-2000:]
+    two, one = json.loads(parallel.stdout), json.loads(single.stdout)  # one JSON document: rank 0's
+    assert two["processes"] == 2 and one["processes"] == 1 and two["num_samples"] == one["num_samples"] == 300
+    for key in ("loss", "lambda_max", "trace", "tau_logit", "lambda_min"):
+        assert math.isclose(two[key], one[key], rel_tol=1e-4), key
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(
+        p.name for p in (tmp_path / "one").iterdir()
+    )
