@@ -120,15 +120,20 @@ def rule_gradients(part: int | None) -> dict[str, torch.Tensor]:
     return out
 
 
-def worker(rank: int, store: str, out_dir: str) -> None:
+def join_group(rank: int, store: str) -> None:
+    """One gloo process of WORLD, meeting at a FileStore; one thread (two ranks share two cores)."""
     torch.set_num_threads(1)
     dist.init_process_group(
         "gloo",
         init_method=f"file://{store}",
         rank=rank,
         world_size=WORLD,
-        timeout=datetime.timedelta(seconds=60),
+        timeout=datetime.timedelta(seconds=120),
     )
+
+
+def worker(rank: int, store: str, out_dir: str) -> None:
+    join_group(rank, store)
     try:
         results = {}
         for kind, n in CASES.items():
@@ -249,14 +254,7 @@ TRAIN_METHODS = ["sam", "rwsam"]
 
 
 def train_worker(rank: int, store: str, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo",
-        init_method=f"file://{store}",
-        rank=rank,
-        world_size=WORLD,
-        timeout=datetime.timedelta(seconds=120),
-    )
+    join_group(rank, store)
     sizes: list[int] = []
     original = GradientRule.compute_gradient
 
