@@ -380,6 +380,8 @@ def train(
                     where = out or Path("runs") / "suite"
                     summaries = train_suite(runs, where, report)
     except TrainingInterrupted as exc:
+        if not leader:  # rank 0 says it once
+            raise SystemExit(130) from None
         _stopped(
             f"stopped at step {exc.step} (checkpoint written); continue with: "
             f"landscape train --resume {exc.resume_dir}"

@@ -28,7 +28,16 @@ from landscape.curvature.operators import BlockOperator, GGNOperator, HessianOpe
 from landscape.errors import UserError
 from landscape.optim import GradientRule, make_rule
 from landscape.problem import Problem
-from landscape.train import RunConfig, expand_suite, read_metrics, strip_timing, train_suite
+from landscape.train import (
+    RunConfig,
+    TrainingInterrupted,
+    expand_suite,
+    loop,
+    read_metrics,
+    strip_timing,
+    train_run,
+    train_suite,
+)
 
 WORLD = 2
 # 25 samples: shards of 13 and 12; the LM's ignored targets make the per-shard counts uneven too
@@ -341,3 +350,46 @@ def test_cli_analyze_under_torchrun_writes_once_and_matches_one_process(tmp_path
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(
         p.name for p in (tmp_path / "one").iterdir()
     )
+
+
+def interrupted_worker(rank: int, store: str, run_dir: str, phase: str) -> None:
+    """``stop``: Ctrl-C reaches rank 1 alone, after its 5th step; ``resume``: continue the run."""
+    join_group(rank, store)
+    try:
+        if phase == "stop":
+            agree, calls = loop._any_process, [0]
+
+            def ctrl_c_on_rank_1(flag: bool) -> bool:
+                calls[0] += 1
+                return agree(flag or (rank == 1 and calls[0] == 5))
+
+            loop._any_process = ctrl_c_on_rank_1  # a spawned child: the patch dies with it
+            try:
+                train_run(RunConfig(**TRAIN, method="sam"), run_dir)
+            except TrainingInterrupted as exc:
+                (Path(store).parent / f"stopped{rank}.json").write_text(json.dumps(exc.step))
+        else:
+            train_run(None, run_dir, resume=True)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.timeout(300)
+def test_ctrl_c_on_one_process_stops_all_at_the_same_step_and_the_run_resumes(tmp_path):
+    run_dir = tmp_path / "run"
+    mp.spawn(
+        interrupted_worker, args=(str(tmp_path / "store1"), str(run_dir), "stop"), nprocs=WORLD, join=True
+    )
+    stopped = [json.loads((tmp_path / f"stopped{r}.json").read_text()) for r in range(WORLD)]
+    assert stopped == [5, 5]  # rank 0 never saw the signal, yet stopped after the same step
+    assert (run_dir / "checkpoints" / "step-5.pt").is_file() and not (run_dir / "final.pt").exists()
+    mp.spawn(
+        interrupted_worker, args=(str(tmp_path / "store2"), str(run_dir), "resume"), nprocs=WORLD, join=True
+    )
+    train_run(RunConfig(**TRAIN, method="sam"), tmp_path / "single")
+    a = torch.load(run_dir / "final.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "single" / "final.pt", weights_only=True)["model"]
+    assert all(rel(a[name], b[name]) < 1e-5 for name in b)
+    assert [r["step"] for r in read_metrics(run_dir)] == [
+        r["step"] for r in read_metrics(tmp_path / "single")
+    ]

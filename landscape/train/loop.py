@@ -270,6 +270,14 @@ def _leader() -> bool:
     return distributed.rank() == 0
 
 
+def _any_process(flag: bool) -> bool:
+    """``flag`` of any process (one small all-reduce per call when data-parallel), so that every
+    process stops after the same step."""
+    if not distributed.is_distributed():
+        return flag
+    return bool(distributed.all_reduce_max_(torch.tensor([int(flag)]))[0])
+
+
 def _barrier() -> None:
     """Wait for every process (a no-op with one): files rank 0 wrote are there afterwards."""
     if distributed.is_distributed():
@@ -656,10 +664,12 @@ def _train_steps(
                 if (config.checkpoint_every and step % config.checkpoint_every == 0) or step == steps:
                     save(step)
                     saved_now = True
-            report(TrainProgress(config.name, step, steps, "train", last_loss, last_diag))
-            if stop.requested:
-                path = checkpoint_path(run_dir, step) if saved_now else save(step)
-                raise TrainingInterrupted(run_dir, step, path)
+                report(TrainProgress(config.name, step, steps, "train", last_loss, last_diag))
+                # inside the deferred block: a Ctrl-C between steps still lets every process agree
+                # on the step to stop after (it reaches the ranks at different moments)
+                if _any_process(stop.requested):
+                    path = checkpoint_path(run_dir, step) if saved_now else save(step)
+                    raise TrainingInterrupted(run_dir, step, path)
     if start_step >= steps:  # resumed after the last step: the last record holds the diagnostics
         records = read_metrics(metrics_path)
         last_diag = next((r for r in reversed(records) if "lambda_max" in r), None)
