@@ -4,7 +4,8 @@ The metrics (pick with ``metrics=``; each costs only its own products):
 
 * ``eigen``  - top-k eigenvalues of H and lambda_min (one Lanczos run, residual-based stop).
 * ``trace``  - tr(H) with a standard error (XTrace by default).
-* ``ggn``    - lambda_max(G), tr(G) and tr(H_F) = tr(H - G) (Functional-SAM Eq. 8).
+* ``ggn``    - lambda_max(G), tr(G) and tr(H_F) = tr(H - G) (Functional-SAM Eq. 8); with XTrace the
+  three traces share one sketch (:func:`~landscape.curvature.trace.xtrace_difference`).
 * ``tau``    - tau_logit / tau_func / tau_cross of the sharpness gradient (Functional-SAM Eq. 9).
 * ``density``- spectral densities of H, G and H_F by stochastic Lanczos quadrature.
 * ``layers`` - per parameter tensor: tr(H_bb), tr(G_bb) (Hutchinson, shared probes), lambda_max(H_bb)
@@ -36,7 +37,7 @@ from landscape.curvature.operators import (
     HessianOperator,
     functional_hessian_operator,
 )
-from landscape.curvature.trace import block_traces, trace_estimate
+from landscape.curvature.trace import TraceResult, block_traces, trace_estimate, xtrace_difference
 from landscape.errors import UserError
 from landscape.problem import Problem
 
@@ -244,28 +245,32 @@ def analyze(
                 lambda_min_converged=res.lambda_min_converged,
                 eigen_products=res.num_products,
             )
-        if "trace" in chosen:
+        # XTrace of H, G and H_F from one sketch: (H - G) Omega = H Omega - G Omega is free once
+        # the other two are formed (xtrace_difference), a quarter of the trace products saved
+        shared_sketch = trace_method == "xtrace" and "ggn" in chosen
+        tr: TraceResult | None = None
+        if "trace" in chosen and not shared_sketch:
             report(f"trace of H ({trace_method})")
             tr = trace_estimate(H, method=trace_method, num_products=trace_samples, seed=seed + 1)
-            out.update(
-                trace=tr.estimate,
-                trace_stderr=tr.stderr,
-                trace_method=trace_method,
-                trace_products=tr.num_products,
-            )
         if "ggn" in chosen:
             assert G is not None
             report("GGN lambda_max")
             gres = lanczos(G, k=1, which="LA", tol=tol, max_iter=max_iter, seed=seed + 2)
-            report(f"GGN trace ({trace_method})")
-            gtr = trace_estimate(G, method=trace_method, num_products=trace_samples, seed=seed + 3)
-            report(f"functional-Hessian trace ({trace_method})")
-            ftr = trace_estimate(
-                functional_hessian_operator(problem, H, G),
-                method=trace_method,
-                num_products=trace_samples,
-                seed=seed + 4,
-            )
+            if shared_sketch:
+                report("traces of H, G and H_F (xtrace, one shared sketch)")
+                tr, gtr, ftr = xtrace_difference(
+                    H, G, trace_samples, seed=seed + 1, include_a="trace" in chosen
+                )
+            else:
+                report(f"GGN trace ({trace_method})")
+                gtr = trace_estimate(G, method=trace_method, num_products=trace_samples, seed=seed + 3)
+                report(f"functional-Hessian trace ({trace_method})")
+                ftr = trace_estimate(
+                    functional_hessian_operator(problem, H, G),
+                    method=trace_method,
+                    num_products=trace_samples,
+                    seed=seed + 4,
+                )
             out.update(
                 ggn_lambda_max=gres.eigenvalues[0],
                 ggn_lambda_max_residual=gres.residuals[0],
@@ -273,6 +278,13 @@ def analyze(
                 ggn_trace_stderr=gtr.stderr,
                 functional_trace=ftr.estimate,
                 functional_trace_stderr=ftr.stderr,
+            )
+        if tr is not None:
+            out.update(
+                trace=tr.estimate,
+                trace_stderr=tr.stderr,
+                trace_method=trace_method,
+                trace_products=tr.num_products,
             )
 
     split: SharpnessSplit | None = None

@@ -17,6 +17,7 @@ from landscape.curvature.trace import (
     hutchpp_trace,
     trace_estimate,
     xtrace,
+    xtrace_difference,
 )
 
 ESTIMATORS = {"hutchinson": hutchinson_trace, "hutchpp": hutchpp_trace, "xtrace": xtrace}
@@ -203,3 +204,29 @@ def test_dispatcher_and_json(network):
     payload = json.loads(json.dumps(xtrace(A, 30).to_dict()))
     assert payload["method"] == "xtrace" and len(payload["samples"]) == 15
     assert json.loads(json.dumps(xtrace(A, 2).to_dict()))["stderr"] is None
+
+
+@pytest.mark.parametrize("budget", [40, 400])
+def test_xtrace_difference_equals_three_xtraces_with_one_seed_and_saves_products(network, budget):
+    """tr A, tr B, tr(A - B) from one sketch: the numbers of xtrace on each with the same seed,
+    for 3s products of each operator instead of 4s (B here is low-rank: XTrace's SVD branch)."""
+    A, _ = network
+    rng = np.random.default_rng(7)
+    factor = torch.as_tensor(rng.standard_normal((A.shape[0], 6)))
+    B = factor @ factor.T * 1e-3  # rank 6 < s
+    a_op, b_op = DenseOperator(A), DenseOperator(B)
+    tr_a, tr_b, tr_d = xtrace_difference(a_op, b_op, budget, seed=3)
+    for got, matrix in ((tr_a, A), (tr_b, B), (tr_d, A - B)):
+        want = xtrace(DenseOperator(matrix), budget, seed=3)
+        assert math.isclose(got.estimate, want.estimate, rel_tol=1e-10), (got.estimate, want.estimate)
+        np.testing.assert_allclose(got.samples or [], want.samples or [], rtol=1e-8, atol=1e-12)
+    if budget < A.shape[0]:
+        s = budget // 2
+        assert a_op.products == 3 * s  # sketch, own second stage, the difference's second stage
+        assert b_op.products == s + 6 + s  # its second stage needs only its rank
+        none, *_ = xtrace_difference(DenseOperator(A), b_op, budget, seed=3, include_a=False)
+        assert none is None
+    else:
+        assert tr_d.estimate == pytest.approx(float(torch.trace(A - B)), rel=1e-12)
+    with pytest.raises(ValueError):
+        xtrace_difference(a_op, DenseOperator(B[:10, :10]), budget)

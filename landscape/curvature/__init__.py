@@ -17,6 +17,7 @@ from landscape.curvature.trace import (
     hutchpp_trace,
     trace_estimate,
     xtrace,
+    xtrace_difference,
 )
 
 __all__ = [
@@ -41,4 +42,5 @@ __all__ = [
     "slq",
     "trace_estimate",
     "xtrace",
+    "xtrace_difference",
 ]

@@ -226,6 +226,62 @@ def xtrace(
     Omega = gaussian_vectors(n, s, generator, op.device)
     Omega = Omega * (math.sqrt(n) / Omega.norm(dim=0))
     Y = _apply(op, Omega, block_size)
+    samples, used = _xtrace_samples(op, Omega, Y, block_size)
+    estimate, stderr = _mean_and_stderr(samples)
+    return TraceResult(estimate, stderr, used, "xtrace", samples.cpu().tolist())
+
+
+def xtrace_difference(
+    A: LinearOperator | Tensor | np.ndarray,
+    B: LinearOperator | Tensor | np.ndarray,
+    num_products: int,
+    seed: int = 0,
+    block_size: int | None = None,
+    include_a: bool = True,
+) -> tuple[TraceResult | None, TraceResult, TraceResult]:
+    """XTrace of ``A``, ``B`` and ``A - B`` from one shared sketch (e.g. tr H, tr G and tr H_F).
+
+    The three estimates are exactly :func:`xtrace` of each operator with the same ``seed`` (the
+    same test vectors ``Omega``), except that ``(A - B) Omega`` is formed as ``A Omega - B Omega``
+    from the products the other two need anyway: each operator then costs ``s`` products for the
+    sketch, plus ``s`` for its own second stage and ``s`` for ``A - B``'s (``s = m // 2``), so
+    ``3s`` products of A and of B instead of ``4s`` (the functional-Hessian trace next to tr H
+    and tr G of ``analyze``). With ``include_a=False`` A's own second stage is skipped (its result
+    is ``None``). Each result's ``num_products`` counts products of its own operator(s), as
+    :func:`xtrace` would. Shared test vectors correlate the three errors, as they would be for
+    any three estimates with the same seed.
+    """
+    A, B = as_operator(A), as_operator(B)
+    if A.n != B.n:
+        raise ValueError(f"operators of sizes {A.n} and {B.n}")
+    difference = A - B
+    m = _check_budget(num_products, 2, "xtrace")
+    if m >= A.n:
+        return (_exact_result(A) if include_a else None), _exact_result(B), _exact_result(difference)
+    generator = seeded_generator(seed)
+    s = m // 2
+    Omega = gaussian_vectors(A.n, s, generator, A.device)
+    Omega = Omega * (math.sqrt(A.n) / Omega.norm(dim=0))
+    Y_a, Y_b = _apply(A, Omega, block_size), _apply(B, Omega, block_size)
+    results: list[TraceResult | None] = []
+    for op, Y in ((A, Y_a), (B, Y_b), (difference, Y_a - Y_b)):
+        if op is A and not include_a:
+            results.append(None)
+            continue
+        samples, used = _xtrace_samples(op, Omega, Y, block_size)
+        estimate, stderr = _mean_and_stderr(samples)
+        results.append(TraceResult(estimate, stderr, used, "xtrace", samples.cpu().tolist()))
+    trace_a, trace_b, trace_difference = results
+    assert trace_b is not None and trace_difference is not None
+    return trace_a, trace_b, trace_difference
+
+
+def _xtrace_samples(
+    op: LinearOperator, Omega: Tensor, Y: Tensor, block_size: int | None
+) -> tuple[Tensor, int]:
+    """XTrace's per-vector estimates ``t_i`` from the test vectors and their products ``Y = A Omega``,
+    and the number of products used in all (see :func:`xtrace`)."""
+    s = Omega.shape[1]
     Q, R = torch.linalg.qr(Y)
     diag_R = R.diagonal().abs()
     rank_rtol = max(1e-10, 100.0 * torch.finfo(op.dtype).eps)
@@ -250,8 +306,7 @@ def xtrace(
         X = Omega - Q @ C
         samples = torch.trace(Q.T @ Z) + (X * (Y - Z @ C)).sum(dim=0)
         used = s + Q.shape[1]
-    estimate, stderr = _mean_and_stderr(samples)
-    return TraceResult(estimate, stderr, used, "xtrace", samples.cpu().tolist())
+    return samples, used
 
 
 def trace_estimate(
