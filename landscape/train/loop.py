@@ -809,8 +809,9 @@ def train_suite(
     for config in runs:
         assert config.name is not None
         run_dir = suite_dir / config.name
-        _barrier()  # every process sees the same folders before deciding fresh or resumed
+        _barrier()  # the previous run's files are written ...
         started = (run_dir / CONFIG_FILE).is_file()
+        _barrier()  # ... and every process has looked before rank 0 creates this run's folder
         try:
             summaries[config.name] = train_run(
                 None if started else config, run_dir, progress, resume=resume and started
