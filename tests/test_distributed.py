@@ -130,7 +130,12 @@ def rule_gradients(part: int | None) -> dict[str, torch.Tensor]:
 
 
 def join_group(rank: int, store: str) -> None:
-    """One gloo process of WORLD, meeting at a FileStore; one thread (two ranks share two cores)."""
+    """One gloo process of WORLD, meeting at a FileStore; one thread (two ranks share two cores).
+
+    Gloo binds to the loopback interface: a host name that resolves to an address that cannot be
+    bound (containers, fresh machines) would otherwise break the connection."""
+    if sys.platform.startswith("linux"):
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     torch.set_num_threads(1)
     dist.init_process_group(
         "gloo",
