@@ -1,4 +1,4 @@
-"""Shared terminal plumbing of the commands: the two consoles and the stage spinner."""
+"""Shared plumbing of the commands: the two consoles, the stage spinner, threads and the leading rank."""
 
 from __future__ import annotations
 
@@ -30,3 +30,24 @@ def stage_progress(enabled: bool) -> Iterator[Callable[[str], None]]:
     ) as progress:
         task = progress.add_task("starting", total=None)
         yield lambda label: progress.update(task, description=label)
+
+
+def set_threads(threads: int | None) -> None:
+    """``--threads``: torch's CPU thread count (``None``: torch's choice)."""
+    if threads is None:
+        return
+    if threads < 1:
+        from landscape.errors import UserError
+
+        raise UserError(f"--threads must be positive, got {threads}")
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def leader_process() -> bool:
+    """Join the process group when ``torchrun`` launched us; True on the rank that reports and
+    writes (rank 0, or the only process). Under torchrun every rank does the work on its shard."""
+    from landscape.distributed import init_from_env, rank
+
+    return not init_from_env() or rank() == 0

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from cli.console import err_console, out_console, stage_progress
+from cli.console import err_console, leader_process, out_console, set_threads, stage_progress
 from cli.report import demo, report
 from cli.train import prune_eval, train
 from landscape.errors import UserError, one_line
@@ -146,25 +146,19 @@ def analyze(
     """Measure the curvature of a checkpoint: eigenvalues, traces, GGN / functional-Hessian split,
     tau, spectral densities and per-layer values. Writes OUT/analysis.json, layers.csv, density.png."""
     del debug  # read by main(): it decides whether tracebacks are shown
-    import torch
 
     from landscape.analysis import analyze as run_analysis
     from landscape.analysis import parse_metrics
-    from landscape.distributed import init_from_env, rank
     from landscape.report.analysis_files import write_analysis
     from landscape.report.files import dumps_json, ensure_writable_dir
     from landscape.resolve import parse_dtype, resolve_inputs
 
-    # under torchrun every rank analyses its shard of the data; rank 0 alone reports and writes
-    leader = not init_from_env() or rank() == 0
+    leader = leader_process()  # under torchrun: every rank analyses its shard, rank 0 writes
     torch_dtype = parse_dtype(dtype)
     chosen = parse_metrics(metrics)
     if samples is not None and samples < 1:
         raise UserError(f"--samples must be positive, got {samples}")
-    if threads is not None:
-        if threads < 1:
-            raise UserError(f"--threads must be positive, got {threads}")
-        torch.set_num_threads(threads)
+    set_threads(threads)
     ensure_writable_dir(out)
     with stage_progress(not json_output and leader) as report:
         report("loading model and data")
@@ -240,7 +234,6 @@ def surface(
     (Li et al. 2018) and, with --other, the linear path between two checkpoints."""
     del debug
     from landscape.checkpoints import load_state_dict
-    from landscape.distributed import init_from_env, rank
     from landscape.problem import Problem
     from landscape.report.analysis_files import write_surface
     from landscape.report.files import ensure_writable_dir
@@ -249,8 +242,7 @@ def surface(
 
     if kind not in ("1d", "2d", "both"):
         raise UserError(f"--kind must be 1d, 2d or both, got '{kind}'")
-    # under torchrun every rank evaluates the losses on its shard; rank 0 alone reports and writes
-    leader = not init_from_env() or rank() == 0
+    leader = leader_process()  # under torchrun: every rank evaluates on its shard, rank 0 writes
     torch_dtype = parse_dtype(dtype)
     ensure_writable_dir(out)
     with stage_progress(leader) as report:

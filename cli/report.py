@@ -11,18 +11,8 @@ from typing import Annotated
 
 import typer
 
-from cli.console import err_console, out_console, stage_progress
+from cli.console import err_console, out_console, set_threads, stage_progress
 from landscape.errors import UserError
-
-
-def _threads(threads: int | None) -> None:
-    if threads is None:
-        return
-    if threads < 1:
-        raise UserError(f"--threads must be positive, got {threads}")
-    import torch
-
-    torch.set_num_threads(threads)
 
 
 def _parse_sparsities(text: str) -> list[float]:
@@ -87,7 +77,7 @@ def report(
     if not slice_distance > 0:
         raise UserError(f"--slice-distance must be positive, got {slice_distance}")
     levels = _parse_sparsities(sparsity)
-    _threads(threads)
+    set_threads(threads)
     ensure_writable_dir(out)
     settings = SliceSettings(line_steps=slice_steps, plane_steps=slice_grid, distance=slice_distance)
     with stage_progress(err_console.is_terminal) as progress:
@@ -131,7 +121,7 @@ def demo(
     del debug
     from landscape.demo import run_demo
 
-    _threads(threads)
+    set_threads(threads)
     with stage_progress(err_console.is_terminal) as progress:
         result = run_demo(out, quick=quick, seed=seed, progress=progress, runs_dir=runs)
     _print_summary(result.report.summary)

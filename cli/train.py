@@ -24,7 +24,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from cli.console import err_console, out_console
+from cli.console import err_console, leader_process, out_console, set_threads
 from landscape.errors import UserError
 
 if TYPE_CHECKING:
@@ -289,9 +289,7 @@ def train(
     and train only them; see docs/lora.md.
     """
     del debug  # read by main()
-    import torch
 
-    from landscape.distributed import init_from_env, rank
     from landscape.train import (
         RunConfig,
         TrainingInterrupted,
@@ -305,12 +303,8 @@ def train(
     given = {name: value for name, value in locals().items() if name in config_options and value is not None}
     if no_shuffle:
         given["no_shuffle"] = True
-    if threads is not None:
-        if threads < 1:
-            raise UserError(f"--threads must be positive, got {threads}")
-        torch.set_num_threads(threads)
-    # under torchrun every rank trains on its part of each batch; rank 0 alone reports and writes
-    leader = not init_from_env() or rank() == 0
+    set_threads(threads)
+    leader = leader_process()  # under torchrun: every rank trains on its part of each batch, rank 0 writes
     show = not json_output and err_console.is_terminal and leader
     try:
         with training_progress(show) as report:
@@ -433,7 +427,6 @@ def prune_eval(
     """
     del debug
     import pandas as pd
-    import torch
 
     from landscape.report.files import dumps_json, ensure_writable_dir, staged_output
     from landscape.resolve import parse_dtype, resolve_inputs
@@ -445,10 +438,7 @@ def prune_eval(
     levels = parse_sparsities(sparsity)
     if samples is not None and samples < 1:
         raise UserError(f"--samples must be positive, got {samples}")
-    if threads is not None:
-        if threads < 1:
-            raise UserError(f"--threads must be positive, got {threads}")
-        torch.set_num_threads(threads)
+    set_threads(threads)
     out_dir = out or checkpoint.parent
     ensure_writable_dir(out_dir)
     inputs = resolve_inputs(

@@ -56,25 +56,27 @@ def rank() -> int:
     return dist.get_rank() if is_distributed() else 0
 
 
-def all_reduce_sum_(tensor: Tensor) -> Tensor:
-    """Sum ``tensor`` over all processes, in place (a no-op with one process); returns it."""
+def _all_reduce_(tensor: Tensor, op: dist.ReduceOp.RedOpType) -> Tensor:
     if not is_distributed():
         return tensor
     if dist.get_backend() == "nccl" and tensor.device.type != "cuda":
-        # NCCL reduces CUDA tensors only: counts and losses live on the CPU
+        # NCCL reduces CUDA tensors only: counts, losses and flags live on the CPU
         staged = tensor.to(f"cuda:{torch.cuda.current_device()}")
-        dist.all_reduce(staged, op=dist.ReduceOp.SUM)
+        dist.all_reduce(staged, op=op)
         tensor.copy_(staged)
     else:
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        dist.all_reduce(tensor, op=op)
     return tensor
+
+
+def all_reduce_sum_(tensor: Tensor) -> Tensor:
+    """Sum ``tensor`` over all processes, in place (a no-op with one process); returns it."""
+    return _all_reduce_(tensor, dist.ReduceOp.SUM)
 
 
 def all_reduce_max_(tensor: Tensor) -> Tensor:
     """Elementwise maximum of ``tensor`` over all processes, in place; returns it."""
-    if is_distributed():
-        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-    return tensor
+    return _all_reduce_(tensor, dist.ReduceOp.MAX)
 
 
 def shard_indices(num_items: int, shard_rank: int, shards: int) -> Tensor:

@@ -357,16 +357,6 @@ class SeededGenerator:
         self._generator = gen
 
 
-def gaussian_like(tensors: Sequence[Tensor], generator: SeededGenerator) -> list[Tensor]:
-    """Independent standard normal tensors shaped like ``tensors``, drawn from ``generator``.
-
-    One flat draw per (device, dtype), split into views: one kernel instead of one per parameter,
-    and the same numbers for the same generator state. Fresh storage on every call; for repeated
-    draws of the same shapes :class:`GaussianNoise` reuses it.
-    """
-    return GaussianNoise().draw(tensors, generator)
-
-
 class GaussianNoise:
     """Reusable storage for Gaussian draws shaped like a list of tensors (a step's noise).
 
@@ -529,18 +519,14 @@ class GradientRule:
 
     def _finish_data_parallel(self, params: Sequence[Tensor], value: Tensor) -> Tensor:
         """``sum_r (n_r / N) x_r`` of the gradients and the loss: the global-batch mean."""
-        share, self._share = self._share, None
-        if share is None:
+        if self._share is None:
             return value
-        grads = [p.grad for p in params]
-        present = [g for g in grads if g is not None]
-        flat = torch.cat(
-            [g.reshape(-1).to(torch.float64) for g in present] + [value.detach().reshape(1).double()]
-        )
-        _dist.all_reduce_sum_(flat.mul_(share))  # one collective for every tensor
-        for g, piece in zip(present, flat[:-1].split([g.numel() for g in present]), strict=True):
-            g.copy_(piece.view_as(g))
-        return flat[-1].to(value.dtype)
+        # one collective for every gradient and the loss
+        *grads, total = self.global_mean([p.grad for p in params] + [value.detach().reshape(1)])
+        self._share = None
+        write_grads(params, grads)
+        assert total is not None
+        return total.reshape(()).to(value.dtype)
 
     def global_mean(self, tensors: Sequence[Tensor | None]) -> list[Tensor | None]:
         """Data-parallel: ``sum_r (n_r / N) t_r`` of per-process batch means (the global-batch mean);
