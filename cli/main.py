@@ -138,7 +138,8 @@ def analyze(
     trust_checkpoint: Annotated[
         bool,
         typer.Option(
-            help="allow full unpickling of a checkpoint that is not plain tensors (trusted files only)"
+            help="allow full unpickling of a checkpoint that is not plain tensors, and the code "
+            "(import paths) its config names; trusted files only"
         ),
     ] = False,
     debug: Annotated[bool, typer.Option(help="show tracebacks")] = False,
@@ -226,7 +227,8 @@ def surface(
     seed: Annotated[int, typer.Option(help="seeds the random directions")] = 0,
     out: Annotated[Path, typer.Option(help="output folder")] = Path("surface"),
     trust_checkpoint: Annotated[
-        bool, typer.Option(help="allow full unpickling (trusted files only)")
+        bool,
+        typer.Option(help="allow full unpickling and the code its config names (trusted files only)"),
     ] = False,
     debug: Annotated[bool, typer.Option(help="show tracebacks")] = False,
 ) -> None:

@@ -58,6 +58,13 @@ def report(
     slice_distance: Annotated[float, typer.Option(help="slice half-width in filter norms")] = 1.0,
     seed: Annotated[int, typer.Option(help="seeds the slice directions and the data subsets")] = 0,
     threads: Annotated[int | None, typer.Option(help="torch threads (default: torch's choice)")] = None,
+    trust_checkpoint: Annotated[
+        bool,
+        typer.Option(
+            help="let the runs' checkpoints unpickle objects and name code (import paths) to run; "
+            "trusted files only"
+        ),
+    ] = False,
     debug: Annotated[bool, typer.Option(help="show tracebacks")] = False,
 ) -> None:
     """Compare training runs: a self-contained HTML page, Markdown with PNGs, and CSV tables.
@@ -92,6 +99,7 @@ def report(
             title=title,
             sparsities=levels,
             slice_settings=settings,
+            trust_checkpoint=trust_checkpoint,
         )
     _print_summary(result.summary, limit=8)
     out_console.print(

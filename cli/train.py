@@ -63,6 +63,10 @@ _RUN_OPTIONS = (
 )
 
 
+# Options that name code to run: with --resume they may repeat the stored values (see landscape.trust).
+_SPEC_OPTIONS = ("model", "data", "eval_data", "loss")
+
+
 def _config_options() -> set[str]:
     from landscape.train.config import METHOD_OPTIONS  # lazy: keeps `landscape --help` light
 
@@ -278,6 +282,13 @@ def train(
     ] = None,
     threads: Annotated[int | None, typer.Option(help="torch threads (default: torch's choice)")] = None,
     json_output: Annotated[bool, typer.Option("--json", help="print the summaries as JSON")] = False,
+    trust_checkpoint: Annotated[
+        bool,
+        typer.Option(
+            help="let --init's checkpoint or --resume's config.json name code (import paths) to run; "
+            "trusted files only"
+        ),
+    ] = False,
     debug: Annotated[bool, typer.Option(help="show tracebacks")] = False,
 ) -> None:
     """Train a model with one or more optimizers and record the curvature along the way.
@@ -309,13 +320,17 @@ def train(
     try:
         with training_progress(show) as report:
             if resume is not None:
-                if given:
-                    flags = ", ".join("--" + name.replace("_", "-") for name in given)
+                # the specs of code to run may be named again, to allow the stored import paths
+                named = {k: v for k, v in given.items() if k in _SPEC_OPTIONS}
+                others = [name for name in given if name not in named]
+                if others:
+                    flags = ", ".join("--" + name.replace("_", "-") for name in others)
                     raise UserError(f"--resume continues with the run's config.json; drop {flags}")
+                trust = {"trust_checkpoint": trust_checkpoint, "named_specs": named}
                 if (resume / "suite.json").is_file():
-                    summaries = train_suite(None, resume, report, resume=True)
+                    summaries = train_suite(None, resume, report, resume=True, **trust)
                 else:
-                    summaries = [train_run(None, resume, report, resume=True)]
+                    summaries = [train_run(None, resume, report, resume=True, **trust)]
                 where = resume
             else:
                 options: dict[str, Any] = {
@@ -366,13 +381,15 @@ def train(
                 if options.get("seed", 0) < 0:
                     raise UserError(f"--seed must be non-negative, got {seed}")
                 rhos = parse_float_list(rho, "--rho")
-                runs = expand_suite(RunConfig(**options), method or [], rhos)
+                runs = expand_suite(
+                    RunConfig(**options), method or [], rhos, trust_checkpoint=trust_checkpoint
+                )
                 if len(runs) == 1:
                     where = out or Path("runs") / (runs[0].name or "run")
-                    summaries = [train_run(runs[0], where, report)]
+                    summaries = [train_run(runs[0], where, report, trust_checkpoint=trust_checkpoint)]
                 else:
                     where = out or Path("runs") / "suite"
-                    summaries = train_suite(runs, where, report)
+                    summaries = train_suite(runs, where, report, trust_checkpoint=trust_checkpoint)
     except TrainingInterrupted as exc:
         if not leader:  # rank 0 says it once
             raise SystemExit(130) from None
@@ -416,7 +433,11 @@ def prune_eval(
     out: Annotated[Path | None, typer.Option(help="output folder [default: the checkpoint's folder]")] = None,
     json_output: Annotated[bool, typer.Option("--json", help="print the results as JSON")] = False,
     trust_checkpoint: Annotated[
-        bool, typer.Option(help="allow full unpickling of the checkpoint (trusted files only)")
+        bool,
+        typer.Option(
+            help="allow full unpickling of the checkpoint and the code (import paths) its config names; "
+            "trusted files only"
+        ),
     ] = False,
     threads: Annotated[int | None, typer.Option(help="torch threads (default: torch's choice)")] = None,
     debug: Annotated[bool, typer.Option(help="show tracebacks")] = False,
@@ -451,6 +472,7 @@ def prune_eval(
         dtype=torch_dtype,
         trust_checkpoint=trust_checkpoint,
         seq_len=seq_len,
+        use_eval_data=data is None,
     )
     evaluation_data = inputs.data
     data_label = inputs.data_spec

@@ -7,6 +7,7 @@ the checkpoint (run checkpoints of ``landscape train``), then the built-in model
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from landscape.data import load_data, train_eval_split
 from landscape.data.loaders import Dataset
 from landscape.errors import UserError
 from landscape.models import build_model, list_models, model_info
+from landscape.trust import check_stored_specs
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 # Without --samples, analysis uses at most this many targets (tokens for a language model): all 1797
@@ -72,14 +74,30 @@ def resolve_inputs(
     trust_checkpoint: bool = False,
     seq_len: int | None = None,
     max_targets: int | None = DEFAULT_MAX_TARGETS,
+    use_eval_data: bool = False,
+    allowed_code: Collection[str | None] = (),
 ) -> Inputs:
     """Build the model (``torch.manual_seed(seed)`` first, so built-in initialisations repeat),
-    load the checkpoint's weights into it and load the data set."""
+    load the checkpoint's weights into it and load the data set.
+
+    The checkpoint's stored config never chooses code to run (:mod:`landscape.trust`): an import
+    path it stores for the model, the data or the loss (and the held-out data, with
+    ``use_eval_data``, for callers that evaluate on it) is used only when the same spec is given
+    here (``model``/``data``/``loss``), listed in ``allowed_code``, or ``trust_checkpoint`` is set.
+    """
     config: dict[str, Any] = {}
     state = None
     if checkpoint is not None:
         state, stored = load_checkpoint(checkpoint, trust_checkpoint=trust_checkpoint)
         config = dict(stored or {})
+        used = [key for key, named in (("model", model), ("data", data), ("loss", loss)) if not named]
+        check_stored_specs(
+            config,
+            f"checkpoint {checkpoint}",
+            keys=used + (["eval_data"] if use_eval_data else []),
+            allowed=[model, data, loss, *allowed_code],
+            trust=trust_checkpoint,
+        )
     model_spec = model or config.get("model")
     if not model_spec:
         names = ", ".join(list_models())

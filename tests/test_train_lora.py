@@ -256,7 +256,8 @@ def test_peft_model_keeps_its_own_adapters(tmp_path, capsys):
     assert "cond_A_max" in read_metrics(tmp_path / "peft")[-1]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        inputs = resolve_inputs(tmp_path / "peft" / "final.pt", samples=2)
+        # the stored import path runs only when named again (a file never chooses code to run)
+        inputs = resolve_inputs(tmp_path / "peft" / "final.pt", f"{__name__}:tiny_peft_gpt2", samples=2)
     assert len(lora_layers(inputs.model)) == 2
     assert not any(isinstance(m, LoRALinear) for m in inputs.model.modules())
 

@@ -42,6 +42,7 @@ from landscape.errors import UserError, one_line
 
 __all__ = [
     "IGNORE_INDEX",
+    "data_spec_kind",
     "TASKS",
     "Dataset",
     "iterate_batches",
@@ -138,6 +139,20 @@ def list_data() -> dict[str, str]:
 # Loading
 
 
+def data_spec_kind(spec: str) -> str:
+    """What ``load_data`` does with ``spec``: ``"builtin"``, ``"file"`` (read as data, never run),
+    ``"import"`` (imports Python code and calls it) or ``"unknown"`` (an error)."""
+    spec = spec.strip()
+    if spec in _BUILTIN_DATA:
+        return "builtin"
+    path = Path(spec).expanduser()
+    if path.suffix.lower() in TORCH_SUFFIXES + NUMPY_SUFFIXES or path.is_file():
+        return "file"
+    if ":" in spec or "." in spec:
+        return "import"
+    return "unknown"
+
+
 def load_data(
     spec: str,
     *,
@@ -175,9 +190,10 @@ def load_data(
         x, y, task, num_classes = _BUILTIN_DATA[spec][0](seq_len, dtype)
         return _finish(x, y, spec, samples, dtype, task=task, num_classes=num_classes)
 
+    kind = data_spec_kind(spec)
     path = Path(spec).expanduser()
     suffix = path.suffix.lower()
-    if suffix in TORCH_SUFFIXES + NUMPY_SUFFIXES or path.is_file():
+    if kind == "file":
         if not path.exists():
             raise UserError(f"data file not found: {spec}")
         if not path.is_file():
@@ -192,7 +208,7 @@ def load_data(
             )
         return _finish(x, y, spec, samples, dtype, num_classes=num_classes)
 
-    if ":" in spec or "." in spec:
+    if kind == "import":
         from landscape.models.zoo import resolve_import_path
 
         obj = resolve_import_path(spec, "data function")

@@ -8,6 +8,7 @@ from landscape.models.zoo import (
     build_model,
     list_models,
     model_info,
+    model_spec_kind,
     resolve_import_path,
     unwrap_output,
 )
@@ -20,6 +21,7 @@ __all__ = [
     "build_model",
     "list_models",
     "model_info",
+    "model_spec_kind",
     "resolve_import_path",
     "unwrap_output",
 ]

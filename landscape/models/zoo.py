@@ -35,6 +35,7 @@ __all__ = [
     "build_model",
     "list_models",
     "model_info",
+    "model_spec_kind",
     "resolve_import_path",
     "unwrap_output",
 ]
@@ -201,6 +202,15 @@ def model_info(name: str) -> ModelInfo:
 
 def _is_import_path(spec: str) -> bool:
     return ":" in spec or "." in spec
+
+
+def model_spec_kind(spec: str) -> str:
+    """What ``build_model`` does with ``spec``: ``"builtin"``, ``"import"`` (imports Python code and
+    calls it) or ``"unknown"`` (an error)."""
+    spec = spec.strip()
+    if spec in _BUILTINS:
+        return "builtin"
+    return "import" if _is_import_path(spec) else "unknown"
 
 
 def resolve_import_path(spec: str, what: str = "object") -> Any:

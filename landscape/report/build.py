@@ -126,12 +126,19 @@ def _fixed_subset(data: Any, max_targets: int, seed: int) -> Any:
     return data.subset(index)
 
 
-def _load(run: RunData, seed: int, dtype: torch.dtype, train_targets: int) -> _Loaded:
+def _load(run: RunData, seed: int, dtype: torch.dtype, train_targets: int, trust: bool) -> _Loaded:
     from landscape.resolve import resolve_inputs
     from landscape.train.config import eval_split_from_config
 
     # max_targets=None: the whole training split; the budgets below choose the subsets
-    inputs = resolve_inputs(run.final_checkpoint, seed=seed, dtype=dtype, max_targets=None)
+    inputs = resolve_inputs(
+        run.final_checkpoint,
+        seed=seed,
+        dtype=dtype,
+        max_targets=None,
+        use_eval_data=True,
+        trust_checkpoint=trust,
+    )
     held_out = eval_split_from_config(inputs.config, dtype)
     return _Loaded(inputs.model, inputs.loss, _fixed_subset(inputs.data, train_targets, seed), held_out)
 
@@ -174,6 +181,7 @@ def build_report(
     prune_targets: int = DEFAULT_PRUNE_TARGETS,
     dtype: torch.dtype = torch.float32,
     notes: Sequence[str] = (),
+    trust_checkpoint: bool = False,
 ) -> ReportResult:
     """Write the report on the runs in ``run_dirs`` (run or suite folders) to ``out_dir``.
 
@@ -190,6 +198,8 @@ def build_report(
         train_targets: targets of the training split for the final train loss and accuracy.
         prune_targets: held-out targets on which each pruned model is evaluated.
         notes: extra lines for the provenance section (the demo's settings, for example).
+        trust_checkpoint: let the runs' final checkpoints unpickle objects and name code to run
+            (import paths of models, data, losses); without it only built-ins and data files.
     """
     started = time.perf_counter()
     report = progress or (lambda _label: None)
@@ -224,7 +234,7 @@ def build_report(
     train_evals: dict[str, _TrainEval] = {}
     for run in runs:
         report(f"{run.label}: final weights on the training data")
-        item = _load(run, seed, dtype, train_targets)
+        item = _load(run, seed, dtype, train_targets, trust_checkpoint)
         loaded[run.label] = item
         result = evaluate(item.model, item.train, item.loss)
         train_evals[run.label] = _TrainEval(result.loss, result.accuracy, result.num_targets)

@@ -362,7 +362,7 @@ class RunConfig:
             unused.append("momentum")
         return unused
 
-    def resolved(self, *, strict: bool = True) -> RunConfig:
+    def resolved(self, *, strict: bool = True, trust_checkpoint: bool = False) -> RunConfig:
         """A validated copy with the static defaults filled in.
 
         Fills ``base``, ``lr``, ``momentum`` (SGD), the method options with the method's own
@@ -371,6 +371,10 @@ class RunConfig:
         ``method`` does not take raise ``UserError`` when ``strict``, else they are dropped
         (a suite shares its options among methods that take different ones). ``batch_size`` and
         the diagnostic sizes depend on the data and are filled by the training loop.
+
+        Without ``model``, an ``init`` checkpoint's stored config supplies model, data and loss;
+        an import path stored there runs only when named here or with ``trust_checkpoint``
+        (:mod:`landscape.trust`).
         """
         self.validate()
         unused = self.unused_options()
@@ -391,7 +395,7 @@ class RunConfig:
         from landscape.models import list_models, model_info
 
         if out.model is None and out.init is not None:
-            _take_model_from_checkpoint(out)
+            _take_model_from_checkpoint(out, trust_checkpoint)
         if out.model is None:
             names = ", ".join(list_models())
             raise UserError(
@@ -502,14 +506,20 @@ def add_run_adapters(model: nn.Module, config: RunConfig | Mapping[str, Any]) ->
     return add_lora(model, **options, generator=torch.Generator().manual_seed(seed))
 
 
-def _take_model_from_checkpoint(config: RunConfig) -> None:
-    """Fill model, model_kwargs and the unset data options from the run config stored in ``init``."""
+def _take_model_from_checkpoint(config: RunConfig, trust: bool) -> None:
+    """Fill model, model_kwargs and the unset data options from the run config stored in ``init``
+    (import paths stored there only when ``trust`` or named in ``config``)."""
     from landscape.checkpoints import read_checkpoint_metadata
+    from landscape.trust import check_stored_specs
 
     assert config.init is not None
     stored = read_checkpoint_metadata(config.init) or {}
     if not stored.get("model"):
         return
+    used = ["model"] + [key for key in ("data", "loss") if getattr(config, key) is None]
+    check_stored_specs(
+        stored, f"--init checkpoint {config.init}", keys=used, allowed=[config.data, config.loss], trust=trust
+    )
     config.model = stored["model"]
     config.model_kwargs = dict(stored.get("model_kwargs") or {})
     config.data = config.data or stored.get("data")
@@ -573,13 +583,16 @@ def eval_split_from_config(stored: dict[str, Any], dtype: torch.dtype) -> Datase
     return train_eval_split(data, float(split["eval_fraction"]), int(split["seed"]))[1]
 
 
-def expand_suite(base: RunConfig, methods: list[str], rhos: list[float]) -> list[RunConfig]:
+def expand_suite(
+    base: RunConfig, methods: list[str], rhos: list[float], *, trust_checkpoint: bool = False
+) -> list[RunConfig]:
     """The runs of a suite: every method, and for methods that take rho every rho of the sweep.
 
     All runs share the seed (so the same initial weights and data order) and every other
     option; an option is dropped for the methods that do not take it, and one that none of the
     methods takes raises ``UserError``. Names are the method, with ``-rho<value>`` when several
-    rho values are swept (e.g. ``sam-rho0.05``). At least one run.
+    rho values are swept (e.g. ``sam-rho0.05``). At least one run. ``trust_checkpoint``: see
+    :meth:`RunConfig.resolved`.
     """
     methods = methods or [base.method]
     duplicated = sorted({m for m in methods if methods.count(m) > 1})
@@ -613,5 +626,6 @@ def expand_suite(base: RunConfig, methods: list[str], rhos: list[float]) -> list
             name = candidate.method
             if rho is not None and len(rho_values) > 1:
                 name = f"{name}-rho{format_rho(rho)}"
-            runs.append(dataclasses.replace(run.resolved(strict=False), name=name))
+            resolved = run.resolved(strict=False, trust_checkpoint=trust_checkpoint)
+            runs.append(dataclasses.replace(resolved, name=name))
     return runs

@@ -43,7 +43,7 @@ import math
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,6 +80,7 @@ from landscape.train.config import (
     load_splits,
 )
 from landscape.train.diagnostics import diagnose, evaluate, fixed_subset, unigram_baseline, weight_norm
+from landscape.trust import check_stored_specs
 
 __all__ = [
     "TIMING_FIELDS",
@@ -475,6 +476,9 @@ def train_run(
     out_dir: str | Path,
     progress: ProgressCallback | None = None,
     resume: bool = False,
+    *,
+    trust_checkpoint: bool = False,
+    named_specs: Mapping[str, str] | None = None,
 ) -> RunSummary:
     """Train one run into the folder ``out_dir`` (see the module docstring for its files).
 
@@ -482,13 +486,19 @@ def train_run(
     ``config.json`` rules; ``config`` may be ``None`` or must equal it); a completed run is
     returned as it is. A fresh run refuses a folder that already holds one. Raises
     ``UserError`` for bad configurations and :class:`TrainingInterrupted` after Ctrl-C.
+
+    A resumed run's ``config.json`` never chooses code to run (:mod:`landscape.trust`): an import
+    path it stores for model, data or loss runs only when ``named_specs`` names the same spec
+    (``{"model": "pkg.mod:factory"}``, the command line's ``--model``) or with
+    ``trust_checkpoint``, which also lets an ``init`` checkpoint name the model.
     """
     run_dir = Path(out_dir)
     report = progress or (lambda _event: None)
     if resume:
         stored = read_run_config(run_dir)
+        _check_resumed_specs(stored.to_dict(), run_dir / CONFIG_FILE, named_specs, trust_checkpoint)
         if config is not None:  # it may leave out what the run filled in (batch size, ...)
-            given = config.resolved(strict=False).to_dict()
+            given = config.resolved(strict=False, trust_checkpoint=trust_checkpoint).to_dict()
             differ = sorted(k for k, v in stored.to_dict().items() if given[k] is not None and given[k] != v)
             if differ:
                 raise UserError(
@@ -509,7 +519,7 @@ def train_run(
                 raise UserError(
                     f"{run_dir} already holds a run; resume it with --resume {run_dir} or choose another --out"
                 )
-    config = config.resolved()
+    config = config.resolved(trust_checkpoint=trust_checkpoint)
     run = _prepare(config)
     config = run.config
     metrics_path = run_dir / METRICS_FILE
@@ -549,6 +559,18 @@ def train_run(
         except KeyboardInterrupt:
             final = latest_checkpoint(run_dir)
             raise TrainingInterrupted(run_dir, config.steps, final[1] if final else None) from None
+
+
+def _check_resumed_specs(
+    stored: Mapping[str, Any], source: Path, named: Mapping[str, str] | None, trust: bool
+) -> None:
+    """Specs named with ``--resume`` must be the stored ones; stored import paths need naming or trust."""
+    named = {key: spec for key, spec in (named or {}).items() if spec is not None}
+    for key, spec in named.items():
+        if spec != stored.get(key):
+            flag = "--" + key.replace("_", "-")
+            raise UserError(f"{flag} {spec} differs from {source} ({key}: {stored.get(key)!r})")
+    check_stored_specs(stored, str(source), allowed=list(named.values()), trust=trust)
 
 
 def _remove_unstarted_run(run_dir: Path, remove_folder: bool) -> None:
@@ -734,7 +756,11 @@ def _final_analysis(run: _Run, run_dir: Path, summary: RunSummary, report: Progr
         report(TrainProgress(name, config.steps, config.steps, "analysis", summary.train_loss, None, label))
 
     inputs = resolve_inputs(
-        run_dir / FINAL_FILE, samples=config.final_samples, seed=config.seed, dtype=config.torch_dtype()
+        run_dir / FINAL_FILE,
+        samples=config.final_samples,
+        seed=config.seed,
+        dtype=config.torch_dtype(),
+        allowed_code=[config.model, config.data, config.loss],  # the run's own, vetted when it started
     )
     result = analyze(
         inputs.model, inputs.data, inputs.loss, config.final_metrics, seed=config.seed, progress=stage
@@ -770,6 +796,9 @@ def train_suite(
     out_dir: str | Path,
     progress: ProgressCallback | None = None,
     resume: bool = False,
+    *,
+    trust_checkpoint: bool = False,
+    named_specs: Mapping[str, str] | None = None,
 ) -> list[RunSummary]:
     """Train several runs, one folder each under ``out_dir`` (named by ``config.name``).
 
@@ -777,7 +806,8 @@ def train_suite(
     every run starts from the same weights and sees the same batches. ``suite.json`` in
     ``out_dir`` lists the runs (with their configs) and, once they are done, their summaries.
     ``resume=True`` reads the runs from ``suite.json``, returns finished ones as they are and
-    continues or starts the others.
+    continues or starts the others. ``trust_checkpoint`` and ``named_specs``: as in
+    :func:`train_run`, for every run of the suite.
     """
     suite_dir = Path(out_dir)
     suite_path = suite_dir / SUITE_FILE
@@ -789,10 +819,12 @@ def train_suite(
             RunConfig.from_dict(entry["config"], f"{suite_path} run {i}")
             for i, entry in enumerate(listing["runs"])
         ]
+        for run in runs:
+            _check_resumed_specs(run.to_dict(), suite_path, named_specs, trust_checkpoint)
     else:
         if not configs:
             raise ValueError("a suite needs at least one config")
-        runs = [c.resolved(strict=False) for c in configs]
+        runs = [c.resolved(strict=False, trust_checkpoint=trust_checkpoint) for c in configs]
         names = [c.name for c in runs]
         if len(set(names)) != len(names):
             raise UserError(f"run names repeat in the suite: {', '.join(str(n) for n in names)}")
@@ -814,7 +846,12 @@ def train_suite(
         _barrier()  # ... and every process has looked before rank 0 creates this run's folder
         try:
             summaries[config.name] = train_run(
-                None if started else config, run_dir, progress, resume=resume and started
+                None if started else config,
+                run_dir,
+                progress,
+                resume=resume and started,
+                trust_checkpoint=trust_checkpoint,
+                named_specs=named_specs,
             )
         except TrainingInterrupted as exc:
             raise TrainingInterrupted(suite_dir, exc.step, exc.checkpoint) from None
