@@ -10,8 +10,10 @@ only for files you trust.
 
 Accepted layouts: a plain state dict; ``{"state_dict": ...}`` (Lightning); ``{"model": ...}``
 (landscape's own run checkpoints, which also hold a JSON-serialisable ``config``);
-``{"model_state_dict": ...}``; a pickled ``nn.Module`` (trusted only). A ``module.`` (DDP) or
-``model.`` (Lightning) prefix shared by every key is removed.
+``{"model_state_dict": ...}``; a pickled ``nn.Module`` (trusted only). A ``module.`` (DDP),
+``model.`` (Lightning) or ``_orig_mod.`` (a ``torch.compile`` model's state dict) prefix shared by
+every key is removed. Complex tensors are refused where the model's are real (their imaginary
+part would be dropped silently).
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ __all__ = [
 TORCH_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
 SAFETENSORS_SUFFIXES = (".safetensors",)
 WRAPPER_KEYS = ("state_dict", "model", "model_state_dict")
-STRIP_PREFIXES = ("module.", "model.")
+STRIP_PREFIXES = ("module.", "model.", "_orig_mod.")  # DDP, Lightning, torch.compile
 _SHOW = 3  # how many keys an error message lists
 
 
@@ -221,7 +223,8 @@ def _extract_state_dict(obj: Any, p: Path) -> dict[str, Tensor]:
 
 
 def strip_common_prefix(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Remove a ``module.`` (DDP) or ``model.`` (Lightning) prefix when every key has it (repeatedly)."""
+    """Remove a ``module.`` (DDP), ``model.`` (Lightning) or ``_orig_mod.`` (``torch.compile``) prefix
+    when every key has it (repeatedly)."""
     sd = dict(state_dict)
     changed = True
     while changed and sd:
@@ -343,6 +346,12 @@ def load_into_model(model: nn.Module, state_dict: Mapping[str, Tensor]) -> nn.Mo
             raise UserError(f"checkpoint tensor '{key}' contains NaN or infinite values")
     expected = model.state_dict()
     sd = _with_prefix_fixed(dict(state_dict), set(expected))
+    for key, value in sd.items():
+        if value.is_complex() and key in expected and not expected[key].is_complex():
+            raise UserError(
+                f"checkpoint tensor '{key}' is complex ({value.dtype}) but the model's is real; "
+                "loading it would drop the imaginary part"
+            )
     missing = [k for k in expected if k not in sd]
     unexpected = [k for k in sd if k not in expected]
     shapes = [
