@@ -125,3 +125,49 @@ def test_torch_compile_prefix_and_complex_tensors():
     complex_state = {k: v.to(torch.complex64) for k, v in model.state_dict().items()}
     with pytest.raises(UserError, match="complex"):
         load_into_model(build_model("mlp"), complex_state)
+
+
+HF_FACTORY = """
+import torch
+import transformers
+
+
+def make():
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=64, n_positions=16, n_embd=16, n_layer=1, n_head=2)
+    return transformers.GPT2LMHeadModel(config)
+
+
+def load():
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, 64, (6, 9), generator=g)
+    mask = torch.ones_like(ids)
+    mask[0, 6:] = 0  # padding: its targets are ignored
+    targets = ids[:, 1:].clone()
+    targets[0, 5:] = -100
+    return {"input_ids": ids[:, :-1], "attention_mask": mask[:, :-1]}, targets
+"""
+
+
+def test_cli_analyze_takes_dict_inputs_from_a_data_function(tmp_path, capsys):
+    from cli.main import main
+
+    (tmp_path / "hfdata.py").write_text(HF_FACTORY)
+    spec = str(tmp_path / "hfdata.py")
+    args = ["analyze", "--model", f"{spec}:make", "--data", f"{spec}:load", "--metrics", "tau,trace"]
+    code = main([*args, "--trace-samples", "8", "--out", str(tmp_path / "a"), "--json"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    result = json.loads(out.out)
+    assert result["num_samples"] == 6 and result["num_targets"] == 6 * 8 - 3
+    # the same numbers as the Python API on the same dict inputs
+    import importlib.util
+
+    module_spec = importlib.util.spec_from_file_location("hfdata_ref", tmp_path / "hfdata.py")
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    from landscape.analysis import analyze
+
+    ref = analyze(module.make(), module.load(), "cross_entropy", "tau")
+    assert result["loss"] == pytest.approx(ref.loss, rel=1e-6)
+    assert result["tau_logit"] == pytest.approx(ref.tau_logit, rel=1e-5)

@@ -9,7 +9,8 @@ A *data spec* is one of
 * an import path ``package.module:function`` naming a zero-argument callable (or an object)
   that gives a ``Dataset`` (indexable, with ``len``, items ``(x, y)``), a ``DataLoader`` of
   ``(x, y)`` batches, an ``(x, y)`` pair or a dict with ``x`` and ``y``; the items are collated
-  into two tensors.
+  into two tensors. In a pair, ``x`` may also be a dict of tensors, the model's keyword inputs
+  (Hugging Face style ``({"input_ids": ..., "attention_mask": ...}, y)``).
 
 Everything is loaded into memory as one ``Dataset`` holding tensors ``x`` and ``y``. The task
 is ``classification`` (long labels ``[N]``), ``language_model`` (long token ids ``x`` and
@@ -42,12 +43,15 @@ from landscape.errors import UserError, one_line
 
 __all__ = [
     "IGNORE_INDEX",
+    "Inputs",
     "data_spec_kind",
     "TASKS",
     "Dataset",
     "iterate_batches",
     "list_data",
     "load_data",
+    "primary_inputs",
+    "take_inputs",
     "train_eval_split",
     "validate_labels",
 ]
@@ -58,19 +62,44 @@ TORCH_SUFFIXES = (".pt", ".pth")
 NUMPY_SUFFIXES = (".npz",)
 
 
+Inputs = Tensor | dict[str, Tensor]
+"""A batch of model inputs: one tensor, or a dict of tensors passed as keyword arguments
+(Hugging Face style ``{"input_ids": ..., "attention_mask": ...}``), all with the sample dimension first."""
+
+
+def take_inputs(x: Inputs, index: Any) -> Inputs:
+    """Rows ``index`` (an int, slice or index tensor) of a tensor or of every tensor in a dict."""
+    if isinstance(x, Mapping):
+        return {k: v[index] for k, v in x.items()}
+    return x[index]
+
+
+def primary_inputs(x: Inputs) -> Tensor:
+    """The tensor that stands for the inputs: itself, or a dict's ``input_ids`` (else its first entry)."""
+    if isinstance(x, Mapping):
+        return x["input_ids"] if "input_ids" in x else next(iter(x.values()))
+    return x
+
+
+def _map_inputs(x: Inputs, fn: Callable[[Tensor], Tensor]) -> Inputs:
+    return {k: fn(v) for k, v in x.items()} if isinstance(x, Mapping) else fn(x)
+
+
 class Dataset(torch.utils.data.Dataset):
     """An in-memory data set: inputs ``x`` and targets ``y`` with the same first dimension.
 
-    Attributes: ``name`` (the spec it came from), ``task`` (one of ``TASKS``), ``num_classes``
-    (number of classes / vocabulary size, or ``None`` when unknown or for regression). Items are
-    ``(x[i], y[i])``, so it also works with a ``torch.utils.data.DataLoader``.
+    ``x`` is a tensor or a dict of tensors (keyword inputs of the model, e.g. ``input_ids`` and
+    ``attention_mask``). Attributes: ``name`` (the spec it came from), ``task`` (one of ``TASKS``),
+    ``num_classes`` (number of classes / vocabulary size, or ``None`` when unknown or for
+    regression). Items are ``(x[i], y[i])``, so it also works with a ``torch.utils.data.DataLoader``.
     """
 
-    def __init__(self, x: Tensor, y: Tensor, *, name: str, task: str, num_classes: int | None = None) -> None:
+    def __init__(self, x: Inputs, y: Tensor, *, name: str, task: str, num_classes: int | None = None) -> None:
         if task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {task!r}")
-        if len(x) != len(y):
-            raise ValueError(f"x has {len(x)} samples but y has {len(y)}")
+        sizes = {len(v) for v in x.values()} if isinstance(x, Mapping) else {len(x)}
+        if sizes != {len(y)}:
+            raise ValueError(f"x has {sorted(sizes)} samples but y has {len(y)}")
         self.x = x
         self.y = y
         self.name = name
@@ -78,15 +107,19 @@ class Dataset(torch.utils.data.Dataset):
         self.num_classes = num_classes
 
     def __len__(self) -> int:
-        return len(self.x)
+        return len(self.y)
 
-    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
-        return self.x[index], self.y[index]
+    def __getitem__(self, index: int) -> tuple[Inputs, Tensor]:
+        return take_inputs(self.x, index), self.y[index]
 
     def __repr__(self) -> str:
+        if isinstance(self.x, Mapping):
+            inputs = "{" + ", ".join(f"{k}: {list(v.shape)} {v.dtype}" for k, v in self.x.items()) + "}"
+        else:
+            inputs = f"{list(self.x.shape)} {self.x.dtype}"
         return (
-            f"Dataset(name={self.name!r}, task={self.task!r}, n={len(self)}, x={list(self.x.shape)} "
-            f"{self.x.dtype}, y={list(self.y.shape)} {self.y.dtype}, num_classes={self.num_classes})"
+            f"Dataset(name={self.name!r}, task={self.task!r}, n={len(self)}, x={inputs}, "
+            f"y={list(self.y.shape)} {self.y.dtype}, num_classes={self.num_classes})"
         )
 
     def subset(self, index: Tensor | slice | Sequence[int]) -> Dataset:
@@ -94,13 +127,21 @@ class Dataset(torch.utils.data.Dataset):
         if not isinstance(index, slice):
             index = torch.as_tensor(index, dtype=torch.long)
         return Dataset(
-            self.x[index], self.y[index], name=self.name, task=self.task, num_classes=self.num_classes
+            take_inputs(self.x, index),
+            self.y[index],
+            name=self.name,
+            task=self.task,
+            num_classes=self.num_classes,
         )
 
     def to(self, device: torch.device | str) -> Dataset:
         """A copy with ``x`` and ``y`` moved to ``device``."""
         return Dataset(
-            self.x.to(device), self.y.to(device), name=self.name, task=self.task, num_classes=self.num_classes
+            _map_inputs(self.x, lambda t: t.to(device)),
+            self.y.to(device),
+            name=self.name,
+            task=self.task,
+            num_classes=self.num_classes,
         )
 
 
@@ -297,6 +338,13 @@ def _is_tensor_like(v: Any) -> bool:
     return isinstance(v, (Tensor, np.ndarray))
 
 
+def _is_inputs_like(v: Any) -> bool:
+    """A tensor/array, or a non-empty dict of them with string keys (keyword inputs)."""
+    if isinstance(v, Mapping):
+        return bool(v) and all(isinstance(k, str) and _is_tensor_like(t) for k, t in v.items())
+    return _is_tensor_like(v)
+
+
 def _collate_items(items: Iterable[Any], spec: str, samples: int | None) -> tuple[Tensor, Tensor]:
     xs: list[Any] = []
     ys: list[Any] = []
@@ -374,7 +422,12 @@ def _from_python_object(obj: Any, spec: str, samples: int | None, dtype: torch.d
             raise UserError(f"data '{spec}' returned a dict without keys 'x' and 'y'")
         x, y = obj["x"], obj["y"]
         num_classes = _num_classes_entry(obj.get("num_classes"), f"data '{spec}'")
-    elif isinstance(obj, (tuple, list)) and len(obj) == 2 and all(_is_tensor_like(v) for v in obj):
+    elif (
+        isinstance(obj, (tuple, list))
+        and len(obj) == 2
+        and _is_inputs_like(obj[0])
+        and _is_tensor_like(obj[1])
+    ):
         x, y = obj
     elif _is_dataset_like(obj):
         x, y = _collate_items((obj[i] for i in range(len(obj))), spec, samples)
@@ -420,28 +473,34 @@ def _finish(
     task: str | None = None,
     num_classes: int | None = None,
 ) -> Dataset:
-    x = _as_tensor(x, "x", name)
+    if isinstance(x, Mapping):
+        if not x:
+            raise UserError(f"data '{name}': the dict of inputs is empty")
+        x = {str(k): _as_tensor(v, f"input '{k}'", name) for k, v in x.items()}
+    else:
+        x = _as_tensor(x, "x", name)
     y = _as_tensor(y, "y", name)
-    if x.dim() == 0 or y.dim() == 0:
-        raise UserError(
-            f"data '{name}': x and y need a sample dimension, got shapes {list(x.shape)} and {list(y.shape)}"
-        )
-    if len(x) != len(y):
-        raise UserError(f"data '{name}': x has {len(x)} samples but y has {len(y)}")
-    if len(x) == 0:
+    for key, t in x.items() if isinstance(x, dict) else (("x", x),):
+        if t.dim() == 0 or y.dim() == 0:
+            raise UserError(
+                f"data '{name}': {key} and y need a sample dimension, got shapes {list(t.shape)} and {list(y.shape)}"
+            )
+        if len(t) != len(y):
+            raise UserError(f"data '{name}': {key} has {len(t)} samples but y has {len(y)}")
+    if len(y) == 0:
         raise UserError(f"data '{name}' is empty (0 samples)")
-    if samples is not None and samples < len(x):
-        x, y = x[:samples], y[:samples]
+    if samples is not None and samples < len(y):
+        x, y = take_inputs(x, slice(0, samples)), y[:samples]
     if y.dtype == torch.bool:
         y = y.long()
-    if x.dtype == torch.bool:
-        x = x.to(dtype)
+    x = _map_inputs(x, lambda t: t.to(dtype) if t.dtype == torch.bool else t)
+    lead = primary_inputs(x)
     if task is None:
-        task = _infer_task(x, y)
-    if task == "language_model" and x.is_floating_point():
-        raise UserError(f"data '{name}': language-model inputs must be integer token ids, got {x.dtype}")
-    # Integer inputs are token ids (LMs, sequence classifiers): kept as long, never cast to float.
-    x = x.to(dtype) if x.is_floating_point() else x.long()
+        task = _infer_task(lead, y)
+    if task == "language_model" and lead.is_floating_point():
+        raise UserError(f"data '{name}': language-model inputs must be integer token ids, got {lead.dtype}")
+    # Integer inputs are token ids or masks (LMs, sequence classifiers): kept as long, never cast to float.
+    x = _map_inputs(x, lambda t: t.to(dtype) if t.is_floating_point() else t.long())
     if task == "regression":
         y = y.to(dtype)
         num_classes = None
@@ -449,15 +508,17 @@ def _finish(
         if y.is_floating_point():
             raise UserError(f"data '{name}': {task} targets must be integer class ids, got {y.dtype}")
         y = y.long()
-    for what, t in (("inputs x", x), ("targets y", y)):
+    named = [(f"inputs {k}", t) for k, t in x.items()] if isinstance(x, dict) else [("inputs x", x)]
+    for what, t in [*named, ("targets y", y)]:
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             bad = int((~torch.isfinite(t)).sum())
             raise UserError(f"data '{name}': {what} contain {bad} NaN or infinite value(s)")
     if task != "regression":
         _check_labels(y, num_classes, f"data '{name}'", "labels")
         if task == "language_model":
-            _check_labels(x, num_classes, f"data '{name}'", "token ids", allow_ignore=False)
-    return Dataset(x.contiguous(), y.contiguous(), name=name, task=task, num_classes=num_classes)
+            _check_labels(primary_inputs(x), num_classes, f"data '{name}'", "token ids", allow_ignore=False)
+    x = _map_inputs(x, lambda t: t.contiguous())
+    return Dataset(x, y.contiguous(), name=name, task=task, num_classes=num_classes)
 
 
 def _check_labels(
@@ -518,4 +579,7 @@ def iterate_batches(ds: Dataset | tuple[Tensor, Tensor], batch_size: int) -> lis
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise UserError(f"batch size must be a positive integer, got {batch_size!r}")
     x, y = (ds.x, ds.y) if isinstance(ds, Dataset) else ds
-    return [(x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+    return [
+        (take_inputs(x, slice(i, i + batch_size)), y[i : i + batch_size])
+        for i in range(0, len(y), batch_size)
+    ]
