@@ -103,7 +103,7 @@ def report(
         )
     _print_summary(result.summary, limit=8)
     out_console.print(
-        f"report: {result.index} (Markdown: {out / 'report.md'})",
+        f"report: {result.index} (Markdown: {result.markdown})",
         markup=False,
         highlight=False,
         soft_wrap=True,

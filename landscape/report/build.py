@@ -51,7 +51,12 @@ class ReportResult:
     @property
     def index(self) -> Path:
         """``index.html``."""
-        return self.out_dir / "index.html"
+        return self.out_dir / run_files.REPORT_HTML
+
+    @property
+    def markdown(self) -> Path:
+        """``report.md``."""
+        return self.out_dir / run_files.REPORT_MARKDOWN
 
 
 def build_report(

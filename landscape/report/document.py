@@ -29,6 +29,7 @@ from matplotlib.figure import Figure
 from landscape.figures import PNG_METADATA
 from landscape.report.tables import Table, write_csv
 from landscape.runs.files import staged_output
+from landscape.runs.layout import REPORT_HTML, REPORT_MARKDOWN
 
 __all__ = [
     "Bullets",
@@ -292,9 +293,9 @@ def write_report(report: Report, out_dir: Path) -> list[Path]:
                 raise ValueError(f"bad CSV file name {name!r}")
             write_csv(frame, tmp / name)
             names.append(name)
-        (tmp / "report.md").write_text(render_markdown(report), encoding="utf-8")
-        (tmp / "index.html").write_text(page, encoding="utf-8")
-        names += ["report.md", "index.html"]
+        (tmp / REPORT_MARKDOWN).write_text(render_markdown(report), encoding="utf-8")
+        (tmp / REPORT_HTML).write_text(page, encoding="utf-8")
+        names += [REPORT_MARKDOWN, REPORT_HTML]
     return [out_dir / n for n in names]
 
 

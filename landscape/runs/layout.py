@@ -12,7 +12,8 @@ A run folder (``landscape train``)::
 A suite folder holds ``suite.json`` and one run folder per run. The output folder of
 ``landscape analyze`` holds ``analysis.json``, ``layers.csv`` and ``density.png``; that of
 ``landscape surface`` ``surface.json`` and ``surface-<kind>.png``; ``landscape prune-eval``
-writes ``prune-<checkpoint>.json`` and ``.csv``.
+writes ``prune-<checkpoint>.json`` and ``.csv``; a report folder (``landscape report``) holds
+``index.html`` and ``report.md`` with their PNGs and CSVs.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ __all__ = [
     "FINAL_FILE",
     "LAYERS_FILE",
     "METRICS_FILE",
+    "REPORT_HTML",
+    "REPORT_MARKDOWN",
     "SUITE_FILE",
     "SUITE_VERSION",
     "SUMMARY_FILE",
@@ -55,6 +58,8 @@ LAYERS_FILE = "layers.csv"
 DENSITY_FILE = "density.png"
 SUITE_FILE = "suite.json"
 SURFACE_FILE = "surface.json"
+REPORT_HTML = "index.html"
+REPORT_MARKDOWN = "report.md"
 
 CONFIG_VERSION = 1
 """The version of ``config.json`` (and of the run configuration stored in checkpoints)."""
