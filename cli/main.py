@@ -150,9 +150,9 @@ def analyze(
 
     from landscape.analysis import analyze as run_analysis
     from landscape.analysis import parse_metrics
-    from landscape.report.analysis_files import write_analysis
-    from landscape.report.files import dumps_json, ensure_writable_dir
-    from landscape.resolve import parse_dtype, resolve_inputs
+    from landscape.dtypes import parse_dtype
+    from landscape.resolve import resolve_inputs
+    from landscape.runs import dumps_json, ensure_writable_dir, write_analysis
 
     leader = leader_process()  # under torchrun: every rank analyses its shard, rank 0 writes
     torch_dtype = parse_dtype(dtype)
@@ -236,10 +236,10 @@ def surface(
     (Li et al. 2018) and, with --other, the linear path between two checkpoints."""
     del debug
     from landscape.checkpoints import load_state_dict
+    from landscape.dtypes import parse_dtype
     from landscape.problem import Problem
-    from landscape.report.analysis_files import write_surface
-    from landscape.report.files import ensure_writable_dir
-    from landscape.resolve import parse_dtype, resolve_inputs
+    from landscape.resolve import resolve_inputs
+    from landscape.runs import ensure_writable_dir, write_surface
     from landscape.surface import compute_surface
 
     if kind not in ("1d", "2d", "both"):

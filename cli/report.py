@@ -16,7 +16,7 @@ from landscape.errors import UserError
 
 
 def _parse_sparsities(text: str) -> list[float]:
-    from landscape.train import parse_sparsities
+    from landscape.prune import parse_sparsities
 
     return parse_sparsities(text)
 
@@ -75,7 +75,7 @@ def report(
     """
     del debug  # read by main()
     from landscape.report.build import SliceSettings, build_report
-    from landscape.report.files import ensure_writable_dir
+    from landscape.runs import ensure_writable_dir
 
     if seed < 0:
         raise UserError(f"--seed must be non-negative, got {seed}")
@@ -103,7 +103,7 @@ def report(
         )
     _print_summary(result.summary, limit=8)
     out_console.print(
-        f"report: {result.index} (Markdown: {out / 'report.md'})",
+        f"report: {result.index} (Markdown: {result.markdown})",
         markup=False,
         highlight=False,
         soft_wrap=True,

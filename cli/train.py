@@ -301,6 +301,7 @@ def train(
     """
     del debug  # read by main()
 
+    from landscape.runs import is_suite_folder
     from landscape.train import (
         RunConfig,
         TrainingInterrupted,
@@ -327,7 +328,7 @@ def train(
                     flags = ", ".join("--" + name.replace("_", "-") for name in others)
                     raise UserError(f"--resume continues with the run's config.json; drop {flags}")
                 trust = {"trust_checkpoint": trust_checkpoint, "named_specs": named}
-                if (resume / "suite.json").is_file():
+                if is_suite_folder(resume):
                     summaries = train_suite(None, resume, report, resume=True, **trust)
                 else:
                     summaries = [train_run(None, resume, report, resume=True, **trust)]
@@ -449,11 +450,11 @@ def prune_eval(
     del debug
     import pandas as pd
 
-    from landscape.report.files import dumps_json, ensure_writable_dir, staged_output
-    from landscape.resolve import parse_dtype, resolve_inputs
-    from landscape.train.config import eval_split_from_config
-    from landscape.train.prune import parse_sparsities
-    from landscape.train.prune import prune_eval as run_prune_eval
+    from landscape.dtypes import parse_dtype
+    from landscape.prune import parse_sparsities
+    from landscape.prune import prune_eval as run_prune_eval
+    from landscape.resolve import eval_split_from_config, resolve_inputs
+    from landscape.runs import dumps_json, ensure_writable_dir, write_prune_results
 
     torch_dtype = parse_dtype(dtype)
     levels = parse_sparsities(sparsity)
@@ -492,12 +493,9 @@ def prune_eval(
         "include_all": include_all,
         "results": [r.to_dict() for r in results],
     }
-    stem = checkpoint.stem
-    with staged_output(out_dir) as tmp:
-        (tmp / f"prune-{stem}.json").write_text(dumps_json(payload))
-        pd.DataFrame([r.to_dict() for r in results]).to_csv(
-            tmp / f"prune-{stem}.csv", index=False, float_format="%.8g"
-        )
+    written = write_prune_results(
+        out_dir, checkpoint.stem, payload, pd.DataFrame([r.to_dict() for r in results])
+    )
     if json_output:
         out_console.file.write(dumps_json(payload))
         return
@@ -514,7 +512,7 @@ def prune_eval(
         )
     out_console.print(table)
     out_console.print(
-        f"wrote {out_dir / f'prune-{stem}.json'}, {out_dir / f'prune-{stem}.csv'}",
+        "wrote " + ", ".join(str(p) for p in written),
         markup=False,
         highlight=False,
         soft_wrap=True,

@@ -29,9 +29,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from landscape import runs
 from landscape.errors import UserError
 from landscape.report.build import ReportResult, SliceSettings, build_report
-from landscape.report.files import ensure_writable_dir
 
 __all__ = ["DEMO_METHODS", "FULL", "QUICK", "DemoPlan", "DemoResult", "run_demo"]
 
@@ -160,38 +160,29 @@ def _train_suite(configs: list[Any], folder: Path, report: Progress) -> None:
 
 
 def _analyse(run_dir: Path, plan: DomainPlan, seed: int, report: Progress) -> None:
-    """The final analysis of ``run_dir/final.pt`` as ``landscape train`` does it, with the demo's
-    budgets, written to ``run_dir/analysis.json`` (the payload of ``write_analysis``; its
-    ``density.png`` is left out: the report draws the densities itself, and each PNG costs ~0.7 s)."""
-    import json
+    """The final analysis of ``run_dir/final.pt`` as ``landscape train`` does it
+    (:func:`landscape.train.analyse_final`), with the demo's budgets and without ``density.png``
+    (the report draws the densities itself, and each PNG costs ~0.7 s)."""
+    from landscape.train import analyse_final
 
-    from landscape.analysis import analyze
-    from landscape.report.files import dumps_json, write_text_atomic
-    from landscape.resolve import resolve_inputs
-
-    summary = json.loads((run_dir / "summary.json").read_text())
-    inputs = resolve_inputs(run_dir / "final.pt", samples=plan.analysis_samples, seed=seed)
-    result = analyze(
-        inputs.model,
-        inputs.data,
-        inputs.loss,
-        "eigen,trace,ggn,tau,density",
-        top_k=3,
-        trace_samples=plan.analysis_trace_samples,
-        max_iter=plan.analysis_max_iter,
-        density_probes=plan.density_probes,
-        density_steps=plan.density_steps,
+    summary = runs.read_summary(run_dir) or {}
+    analyse_final(
+        run_dir,
+        run=run_dir.name,
+        metrics="eigen,trace,ggn,tau,density",
         seed=seed,
+        samples=plan.analysis_samples,
+        options={
+            "top_k": 3,
+            "trace_samples": plan.analysis_trace_samples,
+            "max_iter": plan.analysis_max_iter,
+            "density_probes": plan.density_probes,
+            "density_steps": plan.density_steps,
+        },
+        context={"eval_loss": summary.get("eval_loss"), "eval_accuracy": summary.get("eval_accuracy")},
+        figures=False,
         progress=lambda label: report(f"{run_dir.parent.name}: analysing {run_dir.name}, {label}"),
     )
-    context = inputs.context() | {
-        "seed": seed,
-        "run": run_dir.name,
-        "samples": len(inputs.data),
-        "eval_loss": summary.get("eval_loss"),
-        "eval_accuracy": summary.get("eval_accuracy"),
-    }
-    write_text_atomic(run_dir / "analysis.json", dumps_json(result.to_dict() | {"context": context}))
 
 
 def run_demo(
@@ -217,12 +208,12 @@ def run_demo(
 
     chosen = plan or (QUICK if quick else FULL)
     report = progress or (lambda _label: None)
-    out = ensure_writable_dir(Path(out_dir))
+    out = runs.ensure_writable_dir(Path(out_dir))
     if seed < 0:
         raise UserError(f"--seed must be non-negative, got {seed}")
     keep = runs_dir is not None
     if keep:
-        root = ensure_writable_dir(Path(runs_dir))  # type: ignore[arg-type]
+        root = runs.ensure_writable_dir(Path(runs_dir))  # type: ignore[arg-type]
         if root.exists() and any(root.iterdir()):
             raise UserError(f"runs folder {root} is not empty: choose a new one")
     else:

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from landscape.adapters import add_run_adapters
 from landscape.checkpoints import load_checkpoint, load_into_model
 from landscape.data import load_data, train_eval_split
 from landscape.data.loaders import Dataset
@@ -22,18 +23,12 @@ from landscape.errors import UserError
 from landscape.models import build_model, list_models, model_info
 from landscape.trust import check_stored_specs
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
+__all__ = ["DEFAULT_MAX_TARGETS", "Inputs", "eval_split_from_config", "resolve_inputs"]
+
 # Without --samples, analysis uses at most this many targets (tokens for a language model): all 1797
 # digits, 64 sequences of 64 bytes of the text corpus. Curvature estimates on more data cost
 # proportionally more; ask for them explicitly.
 DEFAULT_MAX_TARGETS = 4096
-
-
-def parse_dtype(name: str) -> torch.dtype:
-    """``"float32"``/``"float64"`` -> torch dtype (UserError otherwise)."""
-    if name not in DTYPES:
-        raise UserError(f"unknown dtype '{name}' (choose from {', '.join(DTYPES)})")
-    return DTYPES[name]
 
 
 @dataclass
@@ -109,8 +104,6 @@ def resolve_inputs(
     net = build_model(model_spec, **kwargs)  # first, so an unknown model name is what gets reported
     if config and model_spec == config.get("model"):
         # a LoRA run's checkpoint holds adapter weights: give the rebuilt model its adapters first
-        from landscape.train.config import add_run_adapters  # here: landscape.train imports this module
-
         add_run_adapters(net, config)
     data_spec = data or config.get("data") or (info.default_data if info else None)
     if not data_spec:
@@ -142,3 +135,20 @@ def resolve_inputs(
     return Inputs(
         net, dataset, loss_name, model_spec, data_spec, str(checkpoint) if checkpoint else None, config, note
     )
+
+
+def eval_split_from_config(stored: dict[str, Any], dtype: torch.dtype) -> Dataset | None:
+    """The evaluation data of a run, from the ``config`` stored in one of its checkpoints.
+
+    ``None`` when the checkpoint holds no run configuration (a plain state dict).
+    """
+    if not stored or not stored.get("data"):
+        return None
+    seq_len = int(stored.get("seq_len") or 64)
+    if stored.get("eval_data"):
+        return load_data(stored["eval_data"], seq_len=seq_len, dtype=dtype)
+    split = stored.get("train_split")
+    if not split:
+        return None
+    data = load_data(stored["data"], seq_len=seq_len, dtype=dtype)
+    return train_eval_split(data, float(split["eval_fraction"]), int(split["seed"]))[1]

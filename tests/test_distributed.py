@@ -32,7 +32,7 @@ from landscape.train import (
     RunConfig,
     TrainingInterrupted,
     expand_suite,
-    loop,
+    ranks,
     read_metrics,
     strip_timing,
     train_run,
@@ -362,13 +362,13 @@ def interrupted_worker(rank: int, store: str, run_dir: str, phase: str) -> None:
     join_group(rank, store)
     try:
         if phase == "stop":
-            agree, calls = loop._any_process, [0]
+            agree, calls = ranks.any_process, [0]
 
             def ctrl_c_on_rank_1(flag: bool) -> bool:
                 calls[0] += 1
                 return agree(flag or (rank == 1 and calls[0] == 5))
 
-            loop._any_process = ctrl_c_on_rank_1  # a spawned child: the patch dies with it
+            ranks.any_process = ctrl_c_on_rank_1  # a spawned child: the patch dies with it
             try:
                 train_run(RunConfig(**TRAIN, method="sam"), run_dir)
             except TrainingInterrupted as exc:

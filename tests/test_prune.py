@@ -11,8 +11,8 @@ from cli.main import main
 from landscape.data import load_data
 from landscape.errors import UserError
 from landscape.models import build_model
+from landscape.prune import global_magnitude_masks, parse_sparsities, prunable_parameters, prune_eval
 from landscape.train import RunConfig, evaluate, train_run
-from landscape.train.prune import global_magnitude_masks, parse_sparsities, prunable_parameters, prune_eval
 
 
 @pytest.fixture(scope="module")

@@ -30,7 +30,7 @@ from landscape.train import (
     train_suite,
     unigram_baseline,
 )
-from landscape.train.loop import BatchOrder
+from landscape.train.batches import BatchOrder
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = dict(

@@ -10,7 +10,7 @@ tables, figures). :func:`write_report` renders it twice:
   would need tabulate), each figure a PNG file beside it.
 
 Both, the PNGs and the CSVs are written to a staging folder and moved into place together
-(:func:`landscape.report.files.staged_output`), so a failure leaves the folder as it was.
+(:func:`landscape.runs.staged_output`), so a failure leaves the folder as it was.
 """
 
 from __future__ import annotations
@@ -26,9 +26,10 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
-from landscape.report.figures import PNG_METADATA
-from landscape.report.files import staged_output
+from landscape.figures import PNG_METADATA
 from landscape.report.tables import Table, write_csv
+from landscape.runs.files import staged_output
+from landscape.runs.layout import REPORT_HTML, REPORT_MARKDOWN
 
 __all__ = [
     "Bullets",
@@ -92,7 +93,7 @@ def compact_png(fig: Figure, dpi: int = 100) -> bytes:
     files about 3x smaller with no visible change for line plots and contour maps. Both steps are
     deterministic (no date or software metadata), so the same figure gives the same bytes.
     """
-    import matplotlib.pyplot as plt  # after landscape.report.figures chose the Agg backend
+    import matplotlib.pyplot as plt  # after landscape.figures chose the Agg backend
     from PIL import Image
 
     buffer = io.BytesIO()
@@ -292,9 +293,9 @@ def write_report(report: Report, out_dir: Path) -> list[Path]:
                 raise ValueError(f"bad CSV file name {name!r}")
             write_csv(frame, tmp / name)
             names.append(name)
-        (tmp / "report.md").write_text(render_markdown(report), encoding="utf-8")
-        (tmp / "index.html").write_text(page, encoding="utf-8")
-        names += ["report.md", "index.html"]
+        (tmp / REPORT_MARKDOWN).write_text(render_markdown(report), encoding="utf-8")
+        (tmp / REPORT_HTML).write_text(page, encoding="utf-8")
+        names += [REPORT_MARKDOWN, REPORT_HTML]
     return [out_dir / n for n in names]
 
 

@@ -23,7 +23,7 @@ from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from landscape.report.figures import DENSITY_LABELS  # noqa: E402
+from landscape.figures import DENSITY_LABELS  # noqa: E402
 from landscape.report.runs import RunData  # noqa: E402
 
 __all__ = [

@@ -1,9 +1,10 @@
 """Read training run folders (``landscape train``) into plain Python and pandas for the report.
 
 A run folder holds ``config.json``, ``metrics.jsonl``, ``final.pt`` and, when the run finished,
-``summary.json`` and (with a final analysis) ``analysis.json``; see :mod:`landscape.train.loop`.
-A suite folder holds ``suite.json`` and one run folder per run. :func:`load_runs` accepts either
-and keeps the order it is given (a suite's runs in ``suite.json`` order).
+``summary.json`` and (with a final analysis) ``analysis.json``; see :mod:`landscape.runs`, whose
+readers this module uses. A suite folder holds ``suite.json`` and one run folder per run.
+:func:`load_runs` accepts either and keeps the order it is given (a suite's runs in ``suite.json``
+order).
 
 Runs are grouped for the report: the runs of one suite folder form a group (the comparison a
 suite was trained for: same seed, same data), loose run folders are grouped by model and data.
@@ -12,19 +13,20 @@ Nothing here computes curvature or touches a model; the report builder does that
 
 from __future__ import annotations
 
-import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from landscape import runs as run_files
 from landscape.errors import UserError
 
 __all__ = [
     "RunData",
-    "find_run_dirs",
+    "baseline_run",
     "group_runs",
     "load_run",
     "load_runs",
@@ -32,8 +34,8 @@ __all__ = [
     "step_time_seconds",
 ]
 
-SUITE_FILE = "suite.json"
-CONFIG_FILE = "config.json"
+BASELINES = ("adamw", "sgd")
+"""The baseline optimizers: the reference of a group (paths, the tau contrast, the rho = 0 point)."""
 
 # Display names of the gradient rules, as the Functional-SAM paper writes them in its tables.
 METHOD_LABELS = {
@@ -103,7 +105,7 @@ class RunData:
     @property
     def final_checkpoint(self) -> Path:
         """``final.pt`` of the run."""
-        return self.path / "final.pt"
+        return self.path / run_files.FINAL_FILE
 
     @property
     def domain(self) -> str:
@@ -135,33 +137,12 @@ def run_domain(config: dict[str, Any]) -> str:
     return "language" if data.startswith("text") else "vision"
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
-    try:
-        payload = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise UserError(f"cannot read {path}: {exc}") from None
-    if not isinstance(payload, dict):
-        raise UserError(f"{path} does not hold a JSON object")
-    return payload
-
-
-def _read_config(run_dir: Path) -> dict[str, Any]:
-    """``config.json`` through the train module's reader (validates it), as a plain dict."""
-    from landscape.train import read_run_config
-
-    return read_run_config(run_dir).to_dict()
-
-
 def _read_metrics(run_dir: Path) -> pd.DataFrame:
-    from landscape.train import read_metrics
-
-    path = run_dir / "metrics.jsonl"
+    path = run_dir / run_files.METRICS_FILE
     if not path.is_file():
         return pd.DataFrame({"step": pd.Series(dtype=float)})
     try:
-        records = read_metrics(path)
+        records = run_files.read_metrics(path)
     except ValueError as exc:
         raise UserError(f"cannot read {path}: {exc}") from None
     if not records:
@@ -181,10 +162,12 @@ def load_run(run_dir: Path, group: str | None = None) -> RunData:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"run folder not found: {run_dir}")
-    if not (run_dir / CONFIG_FILE).is_file():
-        raise UserError(f"{run_dir} is not a run folder (no {CONFIG_FILE}; a suite folder has {SUITE_FILE})")
-    config = _read_config(run_dir)
-    if not (run_dir / "final.pt").is_file():
+    if not run_files.is_run_folder(run_dir):
+        raise UserError(
+            f"{run_dir} is not a run folder (no {run_files.CONFIG_FILE}; a suite folder has {run_files.SUITE_FILE})"
+        )
+    config = run_files.read_config(run_dir)
+    if not (run_dir / run_files.FINAL_FILE).is_file():
         raise UserError(
             f"run {run_dir} has not finished (no final.pt): continue it with landscape train --resume {run_dir}"
         )
@@ -194,8 +177,8 @@ def load_run(run_dir: Path, group: str | None = None) -> RunData:
         name=name,
         config=config,
         metrics=_read_metrics(run_dir),
-        summary=_read_json(run_dir / "summary.json"),
-        analysis=_read_json(run_dir / "analysis.json"),
+        summary=run_files.read_summary(run_dir),
+        analysis=run_files.read_analysis(run_dir),
         group=group or _loose_group(config),
     )
 
@@ -204,43 +187,15 @@ def _loose_group(config: dict[str, Any]) -> str:
     return f"{config.get('model') or 'model'} on {config.get('data') or 'data'}"
 
 
-def find_run_dirs(path: Path) -> list[tuple[Path, str | None]]:
-    """The run folders in ``path``: itself, or a suite's runs in ``suite.json`` order.
-
-    Returns ``(run folder, group)`` pairs; the group is the suite folder's name, ``None`` for a
-    loose run.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"run folder not found: {path}")
-    suite = path / SUITE_FILE
-    if suite.is_file():
-        listing = _read_json(suite) or {}
-        runs = listing.get("runs")
-        if not isinstance(runs, list) or not runs:
-            raise UserError(f"{suite} lists no runs")
-        group = path.resolve().name
-        out = []
-        for entry in runs:
-            folder = (entry.get("folder") or entry.get("name")) if isinstance(entry, dict) else None
-            if not folder:
-                raise UserError(f"{suite} has a run entry without a folder")
-            out.append((path / str(folder), group))
-        return out
-    if (path / CONFIG_FILE).is_file():
-        parent_suite = path.parent / SUITE_FILE
-        return [(path, path.parent.resolve().name if parent_suite.is_file() else None)]
-    raise UserError(f"{path} is neither a run folder (config.json) nor a suite folder (suite.json)")
-
-
 def load_runs(paths: list[Path] | tuple[Path, ...]) -> list[RunData]:
-    """Read run and suite folders (see :func:`find_run_dirs`); each run once, labels unique."""
+    """Read run and suite folders (see :func:`landscape.runs.find_run_dirs`); each run once, labels
+    unique."""
     if not paths:
         raise UserError("give at least one run folder (or suite folder) to report on")
     seen: set[Path] = set()
     runs: list[RunData] = []
     for path in paths:
-        for run_dir, group in find_run_dirs(Path(path)):
+        for run_dir, group in run_files.find_run_dirs(Path(path)):
             key = run_dir.resolve()
             if key in seen:
                 continue
@@ -262,6 +217,14 @@ def _assign_labels(runs: list[RunData]) -> None:
             label, i = f"{base}#{i}", i + 1
         used.add(label)
         run.label = label
+
+
+def baseline_run(runs: Sequence[RunData]) -> RunData:
+    """AdamW (or SGD) when present, else the first run: the reference for paths and the contrast."""
+    for run in runs:
+        if run.method in BASELINES:
+            return run
+    return runs[0]
 
 
 def group_runs(runs: list[RunData]) -> dict[str, list[RunData]]:

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from landscape.report.runs import BASELINES
+
 __all__ = ["TauContrast", "contrast_sentences", "group_sentences", "pruning_sentence", "rho_sentences"]
 
 MEASURES: tuple[tuple[str, str, str | None], ...] = (
@@ -27,7 +29,6 @@ MEASURES: tuple[tuple[str, str, str | None], ...] = (
 )
 # A path "dominates" the sharpness gradient when its share is at least this many times the other's.
 DOMINANCE_RATIO = 2.0
-BASELINES = ("adamw", "sgd")
 
 
 def _fmt(value: float) -> str:

@@ -255,7 +255,7 @@ def comparison_table(frame: pd.DataFrame, caption: str = "") -> Table:
 def pruning_frame(results: dict[str, list[Any]], runs: Sequence[RunData]) -> pd.DataFrame:
     """Long frame of one-shot pruning results: run, method, sparsity, eval loss and accuracy.
 
-    ``results`` maps a run label to its ``PruneResult`` list (``landscape.train.prune``).
+    ``results`` maps a run label to its ``PruneResult`` list (:mod:`landscape.prune`).
     """
     by_label = {r.label: r for r in runs}
     rows = []

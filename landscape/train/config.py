@@ -27,17 +27,18 @@ import dataclasses
 import inspect
 import math
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import nn
 
+from landscape.adapters import ADAPTER_KEYWORDS as _ADAPTER_KEYWORDS
+from landscape.adapters import LORA_METHODS, add_run_adapters
 from landscape.data import Dataset, load_data, train_eval_split
+from landscape.dtypes import DTYPES
 from landscape.errors import UserError
 from landscape.optim import RULES
-from landscape.resolve import DTYPES
+from landscape.runs.layout import CONFIG_VERSION
 
 __all__ = [
     "BASES",
@@ -49,7 +50,6 @@ __all__ = [
     "SCHEDULES",
     "RunConfig",
     "add_run_adapters",
-    "eval_split_from_config",
     "expand_suite",
     "format_rho",
     "learning_rate_at",
@@ -57,7 +57,6 @@ __all__ = [
     "parse_float_list",
 ]
 
-CONFIG_VERSION = 1
 BASES = ("adamw", "sgd")
 LANGEVIN_BASE = "sgld"
 SCHEDULES = ("constant", "cosine")
@@ -74,10 +73,6 @@ FINAL_ANALYSIS_TARGETS = 2048
 
 # RunConfig field -> keyword of ``make_rule`` (the rest have the same name).
 _RULE_KEYWORDS = {"micro_batch": "m", "lora_normalization": "normalization"}
-LORA_METHODS = ("lora", "fmlora", "efmlora")
-"""Methods that train low-rank adapters: the run adds them to the model (``add_lora``)."""
-# Options of the adapters themselves (read by add_lora, not by the rule): RunConfig field -> keyword
-_ADAPTER_KEYWORDS = {"lora_rank": "rank", "lora_alpha": "alpha", "lora_targets": "targets"}
 METHOD_OPTIONS = (
     "rho",
     "rho_warmup",
@@ -93,10 +88,6 @@ METHOD_OPTIONS = (
 )
 """Options that only some methods take; a method that does not take one ignores it (in a suite)."""
 _NORMALIZATIONS = ("layer", "global")
-# Mixed into the seed of the generator that draws the adapters' A: seeded with the run seed itself,
-# its stream would repeat the model's own initialisation (torch.manual_seed(seed)), and A would
-# start as a copy of rows of the first Linear weight.
-_ADAPTER_SEED_SALT = 0x10_2A_A0
 
 _ETA_METHODS = ("asam", "fsgld")
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=-]*$")
@@ -481,31 +472,6 @@ def _option_default(method: str, option: str) -> Any:
     return None
 
 
-def add_run_adapters(model: nn.Module, config: RunConfig | Mapping[str, Any]) -> list[str]:
-    """Give ``model`` the LoRA adapters of a run, in place; returns the wrapped layers' paths.
-
-    ``config``: a :class:`RunConfig` or the ``config`` dict stored in a run's checkpoints (so that
-    ``landscape analyze final.pt`` rebuilds the trained model, adapters included). Nothing happens
-    unless the method is one of :data:`LORA_METHODS`, nor when the model already has LoRA layers
-    (an import-path factory returning a peft model brings its own). Otherwise ``add_lora`` wraps
-    the ``lora_targets`` layers with rank ``lora_rank`` and ``lora_alpha`` and freezes every other
-    parameter; A is drawn from its own generator, seeded from ``seed``, so the global RNG is left
-    alone and the same config always gives the same adapters.
-    """
-    from landscape.optim import add_lora, lora_layers
-
-    stored = config.to_dict() if isinstance(config, RunConfig) else dict(config)
-    if stored.get("method") not in LORA_METHODS or lora_layers(model):
-        return []
-    options = {
-        keyword: stored[field_name]
-        for field_name, keyword in _ADAPTER_KEYWORDS.items()
-        if stored.get(field_name) is not None
-    }
-    seed = (int(stored.get("seed") or 0) + _ADAPTER_SEED_SALT) % (2**63)
-    return add_lora(model, **options, generator=torch.Generator().manual_seed(seed))
-
-
 def _take_model_from_checkpoint(config: RunConfig, trust: bool) -> None:
     """Fill model, model_kwargs and the unset data options from the run config stored in ``init``
     (import paths stored there only when ``trust`` or named in ``config``)."""
@@ -564,23 +530,6 @@ def load_splits(config: RunConfig) -> tuple[Dataset, Dataset]:
         return data, load_data(config.eval_data, seq_len=config.seq_len, dtype=dtype)
     assert config.eval_fraction is not None
     return train_eval_split(data, config.eval_fraction, config.split_seed)
-
-
-def eval_split_from_config(stored: dict[str, Any], dtype: torch.dtype) -> Dataset | None:
-    """The evaluation data of a run, from the ``config`` stored in one of its checkpoints.
-
-    ``None`` when the checkpoint holds no run configuration (a plain state dict).
-    """
-    if not stored or not stored.get("data"):
-        return None
-    seq_len = int(stored.get("seq_len") or 64)
-    if stored.get("eval_data"):
-        return load_data(stored["eval_data"], seq_len=seq_len, dtype=dtype)
-    split = stored.get("train_split")
-    if not split:
-        return None
-    data = load_data(stored["data"], seq_len=seq_len, dtype=dtype)
-    return train_eval_split(data, float(split["eval_fraction"]), int(split["seed"]))[1]
 
 
 def expand_suite(

@@ -1,4 +1,5 @@
-"""Cheap curvature diagnostics during training, held-out evaluation and the unigram baseline.
+"""Cheap curvature diagnostics during training and the unigram baseline (held-out evaluation:
+:mod:`landscape.evaluation`).
 
 Every ``diagnose_every`` steps the training loop records, on a fixed subset of the training data
 (the same items at every step and for every method of a suite):
@@ -32,23 +33,20 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from landscape.analysis import analyze
 from landscape.data import IGNORE_INDEX, Dataset
-from landscape.models import unwrap_output
+from landscape.evaluation import evaluate
 from landscape.optim import EFMLoRA, FMLoRA, GradientRule, LoRAGradient
 
 __all__ = [
     "DIAGNOSTIC_KEYS",
     "LORA_DIAGNOSTIC_KEYS",
-    "EvalResult",
     "diagnose",
-    "evaluate",
     "lora_diagnostics",
     "unigram_baseline",
     "weight_norm",
@@ -77,17 +75,6 @@ DIAGNOSTIC_KEYS = (
 LORA_DIAGNOSTIC_KEYS = ("cond_A_max", "cond_A_mean", "perturbation_norm", "ema_sharpness_gap")
 """What a diagnostic adds for the LoRA rules (``ema_sharpness_gap`` for ``efmlora`` only)."""
 
-EVAL_CHUNK_TARGETS = 65536  # targets per forward pass of the evaluation (memory only)
-
-
-@dataclass(frozen=True)
-class EvalResult:
-    """Mean loss over all counted targets, and accuracy (``None`` for regression)."""
-
-    loss: float
-    accuracy: float | None
-    num_targets: int
-
 
 def weight_norm(model: nn.Module) -> float:
     """``||theta||_2`` over the trained parameters (``requires_grad``), in float64."""
@@ -96,46 +83,6 @@ def weight_norm(model: nn.Module) -> float:
         if p.requires_grad:
             total += float(p.detach().double().pow(2).sum())
     return math.sqrt(total)
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, data: Dataset, loss: str) -> EvalResult:
-    """The mean loss of ``model`` on all of ``data`` (eval mode), and its accuracy.
-
-    Cross-entropy: the mean over targets that are not ``-100``, accuracy = share of those whose
-    arg-max logit is the target. MSE: the mean squared error over all elements, no accuracy.
-    The model's train/eval mode is restored afterwards.
-    """
-    was_training = model.training
-    model.eval()
-    try:
-        per_item = max(1, int(data.y[:1].numel()))
-        chunk = max(1, EVAL_CHUNK_TARGETS // per_item)
-        loss_sum = 0.0
-        correct = 0
-        count = 0
-        for start in range(0, len(data), chunk):
-            x, y = data.x[start : start + chunk], data.y[start : start + chunk]
-            out = unwrap_output(model(x))
-            if loss == "cross_entropy":
-                logits = out.reshape(-1, out.shape[-1])
-                flat = y.reshape(-1)
-                keep = flat != IGNORE_INDEX
-                loss_sum += float(
-                    torch.nn.functional.cross_entropy(
-                        logits.double(), flat, ignore_index=IGNORE_INDEX, reduction="sum"
-                    )
-                )
-                correct += int((logits.argmax(-1) == flat)[keep].sum())
-                count += int(keep.sum())
-            else:
-                loss_sum += float(torch.nn.functional.mse_loss(out.double(), y.double(), reduction="sum"))
-                count += int(y.numel())
-    finally:
-        model.train(was_training)
-    if count == 0:
-        return EvalResult(float("nan"), None, 0)
-    return EvalResult(loss_sum / count, correct / count if loss == "cross_entropy" else None, count)
 
 
 def unigram_baseline(train: Dataset, eval_data: Dataset | None = None) -> dict[str, float] | None:
@@ -244,12 +191,3 @@ def lora_diagnostics(rule: GradientRule, model: nn.Module, subset: Dataset, loss
         return rule.diagnostics(model).as_dict()
     finally:
         model.train(was_training)
-
-
-def fixed_subset(data: Dataset, num_samples: int, seed: int) -> Dataset:
-    """``num_samples`` items of ``data`` drawn once with their own generator (kept in data order)."""
-    if num_samples >= len(data):
-        return data
-    gen = torch.Generator().manual_seed(int(seed))
-    index: Tensor = torch.randperm(len(data), generator=gen)[:num_samples].sort().values
-    return data.subset(index)

@@ -17,7 +17,6 @@ so both load with ``torch.load(weights_only=True)``.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -27,49 +26,22 @@ from torch import Tensor, nn
 
 from landscape.checkpoints import save_atomic, torch_load
 from landscape.errors import UserError
+from landscape.runs.layout import FINAL_FILE, checkpoint_path
 
 __all__ = [
-    "CHECKPOINT_DIR",
     "FORMAT",
-    "checkpoint_path",
     "final_payload",
-    "latest_checkpoint",
-    "list_checkpoints",
     "load_run_checkpoint",
+    "model_state",
     "rng_state",
+    "save_final",
     "save_run_checkpoint",
     "set_rng_state",
 ]
 
 FORMAT = "landscape.train"
 VERSION = 1
-CHECKPOINT_DIR = "checkpoints"
-_STEP_FILE = re.compile(r"^step-(\d+)\.pt$")
 _REQUIRED = ("step", "model", "optimizer", "rule", "rng", "data_order", "config")
-
-
-def checkpoint_path(run_dir: Path, step: int) -> Path:
-    """``run_dir/checkpoints/step-<step>.pt``."""
-    return Path(run_dir) / CHECKPOINT_DIR / f"step-{int(step)}.pt"
-
-
-def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
-    """``(step, path)`` of the run's step checkpoints, in step order (temporary files ignored)."""
-    folder = Path(run_dir) / CHECKPOINT_DIR
-    if not folder.is_dir():
-        return []
-    found = []
-    for path in folder.iterdir():
-        match = _STEP_FILE.match(path.name)
-        if match and path.is_file():
-            found.append((int(match.group(1)), path))
-    return sorted(found)
-
-
-def latest_checkpoint(run_dir: Path) -> tuple[int, Path] | None:
-    """The step checkpoint with the highest step, or ``None``."""
-    found = list_checkpoints(run_dir)
-    return found[-1] if found else None
 
 
 def rng_state() -> dict[str, Any]:
@@ -87,13 +59,14 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_run_checkpoint(path: Path, state: Mapping[str, Any]) -> Path:
-    """Write a step checkpoint atomically (temporary file + rename, see ``save_atomic``)."""
+def save_run_checkpoint(run_dir: Path, step: int, state: Mapping[str, Any]) -> Path:
+    """Write ``checkpoints/step-<step>.pt`` of ``run_dir`` atomically (temporary file + rename,
+    see ``save_atomic``); returns its path."""
     payload = {"format": FORMAT, "version": VERSION, **state}
     missing = [k for k in _REQUIRED if k not in payload]
     if missing:
         raise ValueError(f"run checkpoint lacks {missing}")
-    return save_atomic(payload, path)
+    return save_atomic(payload, checkpoint_path(run_dir, step))
 
 
 def load_run_checkpoint(path: Path) -> dict[str, Any]:
@@ -118,3 +91,8 @@ def model_state(model: nn.Module) -> dict[str, Tensor]:
 def final_payload(model: nn.Module, config: Mapping[str, Any]) -> dict[str, Any]:
     """``final.pt``: ``{"model": state_dict, "config": config}``."""
     return {"model": model_state(model), "config": dict(config)}
+
+
+def save_final(run_dir: Path, model: nn.Module, config: Mapping[str, Any]) -> Path:
+    """Write ``final.pt`` of ``run_dir`` atomically; returns its path."""
+    return save_atomic(final_payload(model, config), Path(run_dir) / FINAL_FILE)

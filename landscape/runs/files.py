@@ -1,8 +1,9 @@
-"""Atomic file output: nothing half-written.
+"""Atomic file output: nothing half-written, and one place that creates output folders.
 
-Every writer renders into a temporary folder beside the destination and moves each finished file
-into place with ``os.replace`` (atomic on one file system), so an error or a Ctrl-C leaves the
-output folder as it was.
+Every writer renders into a temporary file or folder beside the destination and moves each
+finished file into place with ``os.replace`` (atomic on one file system), so an error or a Ctrl-C
+leaves the output folder as it was. Output folders (run, suite, report, analysis folders) are
+created only by :func:`create_output_dir` (directly or through :func:`staged_output`).
 """
 
 from __future__ import annotations
@@ -36,6 +37,11 @@ def dumps_json(value: Any) -> str:
     return json.dumps(jsonable(value), indent=2, allow_nan=False) + "\n"
 
 
+def json_line(record: dict[str, Any]) -> str:
+    """``record`` as one line of strict JSON (a ``metrics.jsonl`` record), newline included."""
+    return json.dumps(jsonable(record), allow_nan=False) + "\n"
+
+
 def ensure_writable_dir(path: Path) -> Path:
     """Check, before long work, that ``path`` is (or can be created as) a writable folder.
 
@@ -54,14 +60,25 @@ def ensure_writable_dir(path: Path) -> Path:
     return path
 
 
+def create_output_dir(path: Path) -> bool:
+    """Create the output folder ``path`` (and its parents) unless it exists; ``True`` if it was created.
+
+    The one place that creates output folders (later: where a folder is locked for one writer).
+    """
+    path = Path(path)
+    existed = path.exists()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create output folder {path}: {exc.strerror or exc}") from None
+    return not existed
+
+
 @contextmanager
 def staged_output(out_dir: Path) -> Iterator[Path]:
     """Yield a temporary folder; on success move every file in it into ``out_dir`` atomically."""
     out_dir = ensure_writable_dir(Path(out_dir))
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"cannot create output folder {out_dir}: {exc.strerror or exc}") from None
+    create_output_dir(out_dir)
     tmp = Path(tempfile.mkdtemp(prefix=".staging-", dir=out_dir))
     try:
         yield tmp

@@ -1,4 +1,10 @@
-"""Figures (matplotlib, Agg): readable axes with quantities, legends naming what is drawn."""
+"""Figures of one analysis or one surface (matplotlib, Agg): readable axes with quantities, legends
+naming what is drawn.
+
+The pictures that go with the files of an analysis or surface folder (``density.png``,
+``surface-*.png``, written by :mod:`landscape.runs.write`); the report draws its comparisons of
+runs in :mod:`landscape.report.plots` with the same labels.
+"""
 
 from __future__ import annotations
 

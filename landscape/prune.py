@@ -1,9 +1,11 @@
-"""One-shot global magnitude pruning of a checkpoint (Functional-SAM Fig. 5).
+"""One-shot global magnitude pruning of a checkpoint (Functional-SAM: Singh, Mobahi, Agarwala &
+Dauphin, ICML 2025, Fig. 5).
 
 For each sparsity s the ``k = round(s * n)`` weights of smallest magnitude ``|w|`` among all ``n``
 prunable weights of the model (one global ranking, not per layer) are set to zero, with no
 retraining, and the loss on the evaluation data is measured. Sharpness-aware training is expected
-to degrade more gracefully as s grows (Functional-SAM Sec. 5.5, Fig. 5; Na et al. 2022).
+to degrade more gracefully as s grows (Functional-SAM Sec. 5.5, Fig. 5; Na, Mehta & Strubell 2022,
+"Train Flat, Then Compress").
 
 Which tensors count: the paper prunes *weights*. Here those are the parameters with two or more
 dimensions: linear and convolution kernels, token and position embeddings and the output head.
@@ -23,7 +25,7 @@ from torch import Tensor, nn
 
 from landscape.data import Dataset
 from landscape.errors import UserError
-from landscape.train.diagnostics import evaluate
+from landscape.evaluation import evaluate
 
 __all__ = ["PruneResult", "global_magnitude_masks", "parse_sparsities", "prunable_parameters", "prune_eval"]
 
