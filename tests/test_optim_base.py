@@ -9,10 +9,12 @@ import torch
 from torch import Tensor, nn
 
 from landscape.optim import AngleSAM, LogitSAM, make_rule
-from landscape.optim.base import BatchLoss, GaussianNoise, GaussianPerturbation, SeededGenerator
+from landscape.losses import Loss
+from landscape.losses import as_loss as BatchLoss
+from landscape.optim.noise import GaussianNoise, GaussianPerturbation, SeededGenerator
 
 
-def autograd_residual(loss: BatchLoss, outputs: Tensor, targets: Tensor) -> Tensor:
+def autograd_residual(loss: Loss, outputs: Tensor, targets: Tensor) -> Tensor:
     leaf = outputs.detach().clone().requires_grad_(True)
     (grad,) = torch.autograd.grad(loss(leaf, targets), leaf)
     return grad
