@@ -148,9 +148,9 @@ class Loss:
 
     # ------------------------------------------------------------------ engine: data checks
     def prepare_targets(self, targets: Tensor, dtype: torch.dtype) -> Tensor:
-        """The targets as the loss reads them (float targets in the compute ``dtype``, finite)."""
-        y = targets.to(dtype) if targets.is_floating_point() else targets
-        if y.is_floating_point() and not torch.isfinite(y).all():
+        """The targets as the loss reads them: values in the compute ``dtype``, all finite."""
+        y = targets.to(dtype)
+        if not torch.isfinite(y).all():
             raise UserError("the targets contain NaN or infinite values")
         return y
 
