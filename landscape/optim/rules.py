@@ -64,8 +64,10 @@ class RuleSpec:
     constructor arguments it always gets (the plain rules' ``name``). ``options``: the method
     options (:class:`Option`) it takes, each with this rule's default. ``python_keywords``: further
     constructor keywords that :func:`make_rule` accepts from Python callers but that are no run
-    option (a schedule callable, a dtype, ...); ``seed`` is always accepted. ``label`` and
-    ``color``: the report's name and line colour; ``description``, ``cost``, ``citation``: what
+    option (a schedule callable, a dtype, ...); ``seed`` is always accepted. ``label``: the
+    report's name for it, as the Functional-SAM paper writes it in its tables; ``color``: its
+    fixed line colour in every figure (SAM red and the preconditioned Functional-SAM orange, as in
+    Functional-SAM Fig. 3; AdamW, the baseline, black); ``description``, ``cost``, ``citation``: what
     the documentation and ``--help`` say; ``base_optimizer``: the optimizer it is paired with.
     """
 
