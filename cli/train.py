@@ -81,18 +81,18 @@ def _format_default(value: Any) -> str:
 def option_help(option: Option) -> str:
     """The ``--help`` text of a method option, from its declaration and the specs that take it:
     the methods (when at most three take it), the help, the default (or "the method's")."""
-    specs = [spec for spec in RULES.values() if spec.takes(option.name)]
+    uses = [(spec.name, use) for spec in RULES.values() if (use := spec.option(option.name)) is not None]
     text = option.help
-    if 0 < len(specs) <= 3:
-        text = f"{'/'.join(spec.name for spec in specs)}: {text}"
+    if 0 < len(uses) <= 3:
+        text = f"{'/'.join(name for name, _ in uses)}: {text}"
     if option.sweep:
         text += ", or a comma list for a sweep"
-    defaults = {repr(spec.option(option.name).default) for spec in specs}  # type: ignore[union-attr]
+    defaults = {repr(use.default) for _, use in uses}
     if "[default:" not in text:
         if len(defaults) > 1:
             text += " [default: the method's]"
-        elif specs and specs[0].option(option.name).default is not None:  # type: ignore[union-attr]
-            text += f" [default: {_format_default(specs[0].option(option.name).default)}]"  # type: ignore[union-attr]
+        elif uses and uses[0][1].default is not None:
+            text += f" [default: {_format_default(uses[0][1].default)}]"
     return text
 
 

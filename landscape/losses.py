@@ -194,10 +194,15 @@ class Loss:
 
     def evaluate(self, outputs: Tensor, targets: Tensor) -> EvalSums:
         """One evaluation chunk: :meth:`sum` in float64, :meth:`count` and :meth:`correct`."""
-        y = targets.double() if targets.is_floating_point() else targets
         with torch.no_grad():
-            total = float(self.sum(outputs.double(), y))
+            total = float(self.sum(outputs.double(), self._float64_targets(targets)))
         return EvalSums(total, self.count(targets), self.correct(outputs, targets))
+
+    def _float64_targets(self, targets: Any) -> Any:
+        """The targets to pair with float64 outputs (float targets in float64, others as they are)."""
+        if isinstance(targets, Tensor) and targets.is_floating_point():
+            return targets.double()
+        return targets
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -338,6 +343,9 @@ class MeanSquaredError(Loss):
     def terms(self, outputs: Tensor, targets: Tensor) -> SampleTerms:
         """Per-element squared errors."""
         return SampleTerms(self, outputs, targets, F.mse_loss(outputs, targets, reduction="none"), None)
+
+    def _float64_targets(self, targets: Tensor) -> Tensor:
+        return targets.double()
 
     def check_outputs(self, outputs: Tensor, targets: Sequence[Tensor]) -> None:
         """As many outputs as target elements."""

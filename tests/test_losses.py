@@ -131,6 +131,10 @@ def test_evaluate_gives_float64_sums_counts_and_accuracy():
     sums = MeanSquaredError().evaluate(outputs, values)
     assert sums.loss_sum == float(F.mse_loss(outputs.double(), values.double(), reduction="sum"))
     assert (sums.count, sums.correct) == (12, None)
+    whole = MeanSquaredError().evaluate(outputs, torch.ones(4, 3, dtype=torch.long))  # integer targets
+    assert whole.loss_sum == float(
+        F.mse_loss(outputs.double(), torch.ones(4, 3, dtype=torch.float64), reduction="sum")
+    )
 
 
 def test_as_loss_accepts_names_objects_and_callables_and_rejects_the_rest():
