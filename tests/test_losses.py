@@ -140,6 +140,9 @@ def test_evaluate_gives_float64_sums_counts_and_accuracy():
 def test_as_loss_accepts_names_objects_and_callables_and_rejects_the_rest():
     ce = CrossEntropy()
     assert as_loss(ce) is ce and isinstance(as_loss("mse"), MeanSquaredError)
+    from landscape.optim import BatchLoss  # the former name still works
+
+    assert isinstance(BatchLoss("cross_entropy"), CrossEntropy)
     with pytest.raises(ValueError, match="unknown loss 'nope'"):
         as_loss("nope")
     with pytest.raises(TypeError, match="name or a callable"):
