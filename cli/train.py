@@ -6,6 +6,7 @@ file as ``__main__``, and importing it again from here would build a second app)
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -26,13 +27,15 @@ from rich.table import Table
 
 from cli.console import err_console, leader_process, out_console, set_threads
 from landscape.errors import UserError
+from landscape.optim.options import Option
+from landscape.optim.rules import RULES, run_options  # the specs only: no torch here
 
 if TYPE_CHECKING:
     from landscape.train import RunSummary, TrainProgress
 
 
 # Options that make up a run's configuration (with --resume they come from config.json instead),
-# besides the method options, whose one home is landscape.train.config.METHOD_OPTIONS.
+# besides the method options, whose one home is the rule specs (landscape.optim.RULES).
 _RUN_OPTIONS = (
     "model",
     "data",
@@ -68,9 +71,59 @@ _SPEC_OPTIONS = ("model", "data", "eval_data", "loss")
 
 
 def _config_options() -> set[str]:
-    from landscape.train.config import METHOD_OPTIONS  # lazy: keeps `landscape --help` light
+    return {*_RUN_OPTIONS, *(option.name for option in run_options())}
 
-    return {*_RUN_OPTIONS, *METHOD_OPTIONS}
+
+def _format_default(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def option_help(option: Option) -> str:
+    """The ``--help`` text of a method option, from its declaration and the specs that take it:
+    the methods (when at most three take it), the help, the default (or "the method's")."""
+    uses = [(spec.name, use) for spec in RULES.values() if (use := spec.option(option.name)) is not None]
+    text = option.help
+    if 0 < len(uses) <= 3:
+        text = f"{'/'.join(name for name, _ in uses)}: {text}"
+    if option.sweep:
+        text += ", or a comma list for a sweep"
+    defaults = {repr(use.default) for _, use in uses}
+    if "[default:" not in text:
+        if len(defaults) > 1:
+            text += " [default: the method's]"
+        elif uses and uses[0][1].default is not None:
+            text += f" [default: {_format_default(uses[0][1].default)}]"
+    return text
+
+
+def method_option_flags(after: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Declare one Typer option per method option of the rule specs on a command, after its
+    parameter ``after``; the command receives them in its ``**method_options``. A sweep option
+    (``--rho``) is text: a number or a comma-separated list."""
+
+    def declare(command: Callable[..., None]) -> Callable[..., None]:
+        signature = inspect.signature(command, eval_str=True)
+        generated = [
+            inspect.Parameter(
+                option.name,
+                inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                default=None,
+                annotation=Annotated[
+                    (str if option.sweep else option.type) | None, typer.Option(help=option_help(option))
+                ],
+            )
+            for option in run_options()
+        ]
+        parameters: list[inspect.Parameter] = []
+        for parameter in signature.parameters.values():
+            if parameter.kind is not inspect.Parameter.VAR_KEYWORD:
+                parameters.append(parameter)
+            if parameter.name == after:
+                parameters.extend(generated)
+        command.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+        return command
+
+    return declare
 
 
 def _short(value: Any, digits: int = 4) -> str:
@@ -169,6 +222,7 @@ def _stopped(message: str) -> None:
     raise SystemExit(130)
 
 
+@method_option_flags(after="weight_decay")
 def train(
     model: Annotated[
         str | None, typer.Option(help="built-in (mlp, cnn, transformer) or package.module:factory")
@@ -203,40 +257,6 @@ def train(
     ] = None,
     momentum: Annotated[float | None, typer.Option(help="SGD momentum [default: 0.9]")] = None,
     weight_decay: Annotated[float | None, typer.Option(help="decoupled weight decay [default: 0]")] = None,
-    rho: Annotated[
-        str | None,
-        typer.Option(help="perturbation radius, or a comma list for a sweep [default: the method's]"),
-    ] = None,
-    rho_warmup: Annotated[int | None, typer.Option(help="linear rho warm-up steps")] = None,
-    phi: Annotated[float | None, typer.Option(help="angle-sam: angle between the two paths")] = None,
-    micro_batch: Annotated[int | None, typer.Option(help="msam: micro-batch size m")] = None,
-    temperature: Annotated[float | None, typer.Option(help="rwsam: Gibbs temperature")] = None,
-    sigma: Annotated[float | None, typer.Option(help="fsgld: perturbation scale")] = None,
-    beta: Annotated[float | None, typer.Option(help="sgld/fsgld: inverse temperature")] = None,
-    eta: Annotated[float | None, typer.Option(help="asam: T = |w| + eta; fsgld: sigma exponent")] = None,
-    lora_rank: Annotated[
-        int | None, typer.Option(help="lora/fmlora/efmlora: adapter rank r [default: 8]")
-    ] = None,
-    lora_alpha: Annotated[
-        float | None, typer.Option(help="lora/fmlora/efmlora: adapter alpha, scaling alpha/r [default: 16]")
-    ] = None,
-    lora_targets: Annotated[
-        str | None,
-        typer.Option(
-            help="lora/fmlora/efmlora: comma-separated regexes of the layers to adapt "
-            "(e.g. attn) [default: every nn.Linear]"
-        ),
-    ] = None,
-    ema_new_weight: Annotated[
-        float | None,
-        typer.Option(
-            help="efmlora: the paper's beta, weight of the NEW perturbation in the EMA [default: 0.99]"
-        ),
-    ] = None,
-    lora_normalization: Annotated[
-        str | None,
-        typer.Option(help="fmlora/efmlora: rho per layer or global [default: layer]"),
-    ] = None,
     steps: Annotated[int | None, typer.Option(help="optimizer updates [default: 500]")] = None,
     batch_size: Annotated[
         int | None, typer.Option(help="samples per step [default: 64; 32 sequences for text]")
@@ -290,6 +310,7 @@ def train(
         ),
     ] = False,
     debug: Annotated[bool, typer.Option(help="show tracebacks")] = False,
+    **method_options: Any,
 ) -> None:
     """Train a model with one or more optimizers and record the curvature along the way.
 
@@ -313,6 +334,7 @@ def train(
 
     config_options = _config_options()
     given = {name: value for name, value in locals().items() if name in config_options and value is not None}
+    given.update({name: value for name, value in method_options.items() if value is not None})
     if no_shuffle:
         given["no_shuffle"] = True
     set_threads(threads)
@@ -342,18 +364,6 @@ def train(
                     "base": base,
                     "lr": lr,
                     "momentum": momentum,
-                    "rho_warmup": rho_warmup,
-                    "phi": phi,
-                    "micro_batch": micro_batch,
-                    "temperature": temperature,
-                    "sigma": sigma,
-                    "beta": beta,
-                    "eta": eta,
-                    "ema_new_weight": ema_new_weight,
-                    "lora_normalization": lora_normalization,
-                    "lora_rank": lora_rank,
-                    "lora_alpha": lora_alpha,
-                    "lora_targets": lora_targets,
                     "batch_size": batch_size,
                     "init": str(init) if init is not None else None,
                     "diagnose_samples": diagnose_samples,
@@ -377,11 +387,13 @@ def train(
                     if value is not None:
                         options[key] = value
                 options["shuffle"] = not no_shuffle
+                # the method options (from the rule specs); the sweep option (--rho) runs a suite
+                options.update({o.name: method_options.get(o.name) for o in run_options() if not o.sweep})
                 if eval_data is not None and eval_fraction is not None:
                     raise UserError("give --eval-data or --eval-fraction, not both")
                 if options.get("seed", 0) < 0:
                     raise UserError(f"--seed must be non-negative, got {seed}")
-                rhos = parse_float_list(rho, "--rho")
+                rhos = parse_float_list(method_options.get("rho"), "--rho")
                 runs = expand_suite(
                     RunConfig(**options), method or [], rhos, trust_checkpoint=trust_checkpoint
                 )

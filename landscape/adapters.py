@@ -16,12 +16,16 @@ from typing import Any
 import torch
 from torch import nn
 
+from landscape.optim.options import ADAPTER_OPTIONS
+from landscape.optim.rules import RULES
+
 __all__ = ["ADAPTER_KEYWORDS", "LORA_METHODS", "add_run_adapters"]
 
-LORA_METHODS = ("lora", "fmlora", "efmlora")
-"""Methods that train low-rank adapters: the run adds them to the model (``add_lora``)."""
+LORA_METHODS = tuple(name for name, spec in RULES.items() if any(o in ADAPTER_OPTIONS for o in spec.options))
+"""Methods that train low-rank adapters (their rule specs take the adapter options): the run adds
+them to the model (``add_lora``)."""
 
-ADAPTER_KEYWORDS = {"lora_rank": "rank", "lora_alpha": "alpha", "lora_targets": "targets"}
+ADAPTER_KEYWORDS = {option.name: option.kwarg for option in ADAPTER_OPTIONS}
 """Options of the adapters themselves (read by ``add_lora``, not by the rule): field -> keyword."""
 
 # Mixed into the seed of the generator that draws the adapters' A: seeded with the run seed itself,

@@ -25,15 +25,24 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from landscape import distributed as _dist
 from landscape.errors import UserError
+from landscape.losses import IGNORE_INDEX, LOSSES, Loss
 from landscape.models import unwrap_output
 
-LOSSES = ("cross_entropy", "mse")
-IGNORE_INDEX = -100
+__all__ = [
+    "IGNORE_INDEX",
+    "LOSSES",
+    "Batch",
+    "Problem",
+    "loss_sum",
+    "named_loss",
+    "output_hessian_product",
+    "select_parameters",
+]
+
 # Default chunking: keep about this many model-output elements per batch (memory bound only).
 DEFAULT_OUTPUT_ELEMENTS_PER_BATCH = 1 << 21
 
@@ -57,40 +66,26 @@ class Batch:
     num_samples: int
 
 
-def loss_sum(outputs: Tensor, targets: Tensor, loss: str, ignore_index: int = IGNORE_INDEX) -> Tensor:
-    """Sum of per-target losses of one batch (divide by the data set's target count for the mean).
-
-    cross_entropy: logits ``[..., C]``, integer targets ``[...]`` (``ignore_index`` skipped);
-    mse: ``sum (f - y)^2`` over all output elements (torch's ``mse_loss`` with ``reduction="sum"``).
-    """
-    if loss == "cross_entropy":
-        return F.cross_entropy(
-            outputs.reshape(-1, outputs.shape[-1]),
-            targets.reshape(-1),
-            reduction="sum",
-            ignore_index=ignore_index,
-        )
-    if loss == "mse":
-        return F.mse_loss(outputs, targets.reshape(outputs.shape), reduction="sum")
-    raise UserError(f"unknown loss '{loss}' (choose from {', '.join(LOSSES)})")
+def named_loss(loss: str | Loss) -> Loss:
+    """The :class:`landscape.losses.Loss` of a problem's loss name (a ``Loss`` passes through)."""
+    if isinstance(loss, Loss):
+        return loss
+    if loss not in LOSSES:
+        raise UserError(f"unknown loss '{loss}' (choose from {', '.join(LOSSES)})")
+    return LOSSES[loss]()
 
 
-def output_hessian_product(outputs: Tensor, targets: Tensor, U: Tensor, loss: str) -> Tensor:
-    """Apply the per-target Hessian of the loss w.r.t. the outputs to ``U`` (same shape as outputs,
-    optionally with leading column dims). Summed (not averaged) over targets, like ``loss_sum``.
+def loss_sum(outputs: Tensor, targets: Tensor, loss: str | Loss) -> Tensor:
+    """Sum of per-target losses of one batch (divide by the data set's target count for the mean);
+    :meth:`landscape.losses.Loss.sum` of the named loss."""
+    return named_loss(loss).sum(outputs, targets)
 
-    cross_entropy: (diag(p) - p p^T) u with p = softmax(z) (Functional-SAM Sec. 3.3), zero for
-    ignored targets; mse: 2 u.
-    """
-    if loss == "cross_entropy":
-        p = torch.softmax(outputs, dim=-1)
-        pu = p * U
-        out = pu - p * pu.sum(dim=-1, keepdim=True)
-        mask = (targets != IGNORE_INDEX).to(out.dtype).unsqueeze(-1)
-        return out * mask
-    if loss == "mse":
-        return 2.0 * U
-    raise UserError(f"unknown loss '{loss}' (choose from {', '.join(LOSSES)})")
+
+def output_hessian_product(outputs: Tensor, targets: Tensor, U: Tensor, loss: str | Loss) -> Tensor:
+    """The per-target Hessian of the loss w.r.t. the outputs applied to ``U`` (shaped like the
+    outputs, optionally with leading column dims), summed over targets like :func:`loss_sum`;
+    :meth:`landscape.losses.Loss.output_hessian_product` of the named loss."""
+    return named_loss(loss).output_hessian_product(outputs, targets, U)
 
 
 def select_parameters(model: nn.Module, params: str | Sequence[str] | None) -> list[str]:
@@ -164,7 +159,7 @@ class Problem:
         model: any ``nn.Module``; it is put in eval mode (dropout off, BatchNorm running stats).
         data: ``(x, y)`` tensors, an object with ``.x``/``.y``, a ``Dataset`` or an iterable of
             ``(x, y)`` batches (e.g. a ``DataLoader``). ``x`` may be a dict of tensors (keyword inputs).
-        loss: ``"cross_entropy"`` or ``"mse"``.
+        loss: a name of :data:`landscape.losses.LOSSES` (``"cross_entropy"``, ``"mse"``).
         params: which parameters to analyse (see :func:`select_parameters`); the others are fixed.
         batch_size: chunk size in samples (memory only; results do not depend on it). Default:
             about 2M model-output elements per chunk.
@@ -196,8 +191,7 @@ class Problem:
         elif distributed and not _dist.is_distributed():
             raise UserError("distributed=True needs torch.distributed initialised with more than one process")
         self.distributed = bool(distributed)
-        if loss not in LOSSES:
-            raise UserError(f"unknown loss '{loss}' (choose from {', '.join(LOSSES)})")
+        self.loss_function = named_loss(loss)
         if batch_size is not None and batch_size < 1:
             raise UserError(f"batch size must be positive, got {batch_size}")
         self.model = model
@@ -251,21 +245,10 @@ class Problem:
         return x.to(self.device)
 
     def _convert_targets(self, y: Tensor) -> Tensor:
-        y = torch.as_tensor(y).to(self.device)
-        if self.loss == "cross_entropy":
-            if y.is_floating_point():
-                if not torch.equal(y, y.round()):
-                    raise UserError("cross-entropy targets must be integer class ids (got fractional values)")
-            return y.long()
-        y = y.to(self.dtype)
-        if not torch.isfinite(y).all():
-            raise UserError("the targets contain NaN or infinite values")
-        return y
+        return self.loss_function.prepare_targets(torch.as_tensor(y).to(self.device), self.dtype)
 
     def _count(self, y: Tensor) -> int:
-        if self.loss == "cross_entropy":
-            return int((y != IGNORE_INDEX).sum())
-        return int(y.numel())
+        return self.loss_function.count(y)
 
     def _make_batches(self, data: Any, batch_size: int | None) -> list[Batch]:
         pair = _as_pair(data)
@@ -305,24 +288,7 @@ class Problem:
         b = self.batches[0]
         with torch.no_grad():
             out = self.outputs(self.params, b.inputs)
-        if self.loss == "cross_entropy":
-            if out.shape[:-1] != b.targets.shape:
-                raise UserError(
-                    f"model outputs of shape {tuple(out.shape)} do not match targets of shape "
-                    f"{tuple(b.targets.shape)} (cross-entropy expects logits [..., C] and targets [...])"
-                )
-            C = out.shape[-1]
-            for batch in self.batches:
-                y = batch.targets[batch.targets != IGNORE_INDEX]
-                if y.numel() and (int(y.min()) < 0 or int(y.max()) >= C):
-                    raise UserError(
-                        f"labels out of range: found {int(y.min())}..{int(y.max())}, model has {C} classes"
-                    )
-        elif out.numel() != b.targets.numel():
-            raise UserError(
-                f"model outputs of shape {tuple(out.shape)} do not match "
-                f"mse targets of shape {tuple(b.targets.shape)}"
-            )
+        self.loss_function.check_outputs(out, [batch.targets for batch in self.batches])
         if not torch.isfinite(out).all():
             raise UserError("the model produces NaN or infinite outputs on the data")
 
@@ -341,7 +307,7 @@ class Problem:
 
     def batch_loss_sum(self, params: dict[str, Tensor], batch: Batch) -> Tensor:
         """Sum of per-target losses of one batch at ``params``."""
-        return loss_sum(self.outputs(params, batch.inputs), batch.targets, self.loss)
+        return self.loss_function.sum(self.outputs(params, batch.inputs), batch.targets)
 
     def loss_value(self, params: dict[str, Tensor] | None = None) -> float:
         """The full-data mean loss L(theta)."""

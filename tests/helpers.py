@@ -7,8 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from landscape.losses import IGNORE_INDEX
 from landscape.models import build_model
-from landscape.problem import IGNORE_INDEX, Problem
+from landscape.problem import Problem
 
 
 def tiny_case(kind: str, seed: int = 0, n: int = 24) -> tuple[nn.Module, tuple[Tensor, Tensor], str]:

@@ -8,11 +8,12 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from landscape.losses import Loss, as_loss
 from landscape.optim import AngleSAM, LogitSAM, make_rule
-from landscape.optim.base import BatchLoss, GaussianNoise, GaussianPerturbation, SeededGenerator
+from landscape.optim.noise import GaussianNoise, GaussianPerturbation, SeededGenerator
 
 
-def autograd_residual(loss: BatchLoss, outputs: Tensor, targets: Tensor) -> Tensor:
+def autograd_residual(loss: Loss, outputs: Tensor, targets: Tensor) -> Tensor:
     leaf = outputs.detach().clone().requires_grad_(True)
     (grad,) = torch.autograd.grad(loss(leaf, targets), leaf)
     return grad
@@ -25,7 +26,7 @@ def test_output_gradient_closed_forms_match_autograd(dtype):
     tokens = torch.randint(0, 7, (3, 5), generator=gen)
     tokens[0, 1] = tokens[2, 4] = -100  # ignored targets are not counted
     tol = {"rtol": 1e-12, "atol": 1e-15} if dtype == torch.float64 else {"rtol": 1e-5, "atol": 1e-7}
-    ce = BatchLoss("cross_entropy")
+    ce = as_loss("cross_entropy")
     torch.testing.assert_close(
         ce.output_gradient(logits, tokens), autograd_residual(ce, logits, tokens), **tol
     )
@@ -40,14 +41,14 @@ def test_output_gradient_closed_forms_match_autograd(dtype):
         torch.randn(4, 3, generator=gen, dtype=dtype),
         torch.randn(4, 3, generator=gen, dtype=dtype),
     )
-    for loss in (BatchLoss("mse"), BatchLoss(lambda o, t: ((o - t) ** 4).mean())):
+    for loss in (as_loss("mse"), as_loss(lambda o, t: ((o - t) ** 4).mean())):
         torch.testing.assert_close(
             loss.output_gradient(outputs, values), autograd_residual(loss, outputs, values), **tol
         )
 
 
 def test_output_gradient_of_an_all_ignored_batch_is_zero_like_autograd():
-    ce = BatchLoss("cross_entropy")
+    ce = as_loss("cross_entropy")
     logits, targets = torch.randn(2, 3, 4), torch.full((2, 3), -100)
     assert torch.equal(ce.output_gradient(logits, targets), autograd_residual(ce, logits, targets))
     assert torch.equal(ce.output_gradient(logits, targets), torch.zeros_like(logits))
@@ -56,7 +57,7 @@ def test_output_gradient_of_an_all_ignored_batch_is_zero_like_autograd():
 def test_output_gradient_leaves_its_input_alone():
     logits = torch.randn(4, 5, requires_grad=True)
     before = logits.detach().clone()
-    r = BatchLoss("cross_entropy").output_gradient(logits, torch.tensor([0, 1, 2, 3]))
+    r = as_loss("cross_entropy").output_gradient(logits, torch.tensor([0, 1, 2, 3]))
     assert torch.equal(logits.detach(), before) and not r.requires_grad
 
 

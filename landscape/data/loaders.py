@@ -40,6 +40,7 @@ from landscape.data.builtin import (
     text_sequences,
 )
 from landscape.errors import UserError, one_line
+from landscape.losses import IGNORE_INDEX
 
 __all__ = [
     "IGNORE_INDEX",
@@ -56,7 +57,6 @@ __all__ = [
     "validate_labels",
 ]
 
-IGNORE_INDEX = -100
 TASKS = ("classification", "language_model", "regression")
 TORCH_SUFFIXES = (".pt", ".pth")
 NUMPY_SUFFIXES = (".npz",)

@@ -1,7 +1,7 @@
 """FMLoRA and EFMLoRA: SAM-style flatness for LoRA, with the perturbation carried by B alone.
 
 Deng, Zhu, Pang, Yang, Fu, Zhang, "Efficiently Seeking Flat Minima for Better Generalization in
-Fine-Tuning Large Language Models and Beyond", arXiv 2508.00522 (seed 001; v1 "EFlat-LoRA").
+Fine-Tuning Large Language Models and Beyond", arXiv 2508.00522 (2025; v1 "EFlat-LoRA").
 
 Setting: one LoRA layer ``W = W0 + s B A`` (:mod:`landscape.optim.lora`), B [n x r], A [r x m],
 s = alpha / r; ``G = grad_W L`` is the gradient with respect to the merged weight, so that LoRA's
@@ -50,22 +50,14 @@ import torch
 from torch import Tensor, nn
 
 from landscape.errors import UserError
-from landscape.optim.base import (
-    BatchLoss,
-    GradientRule,
-    LossLike,
-    PerturbationRule,
-    RhoSchedule,
-    RngState,
-    _outputs,
-    frozen_norm_statistics,
-    model_oracle,
-    perturb_,
-    restore_,
-    trained_parameters,
-    write_grads,
-)
+from landscape.losses import LossLike, as_loss
+from landscape.models import unwrap_output
+from landscape.optim.base import GradientRule, PerturbationRule, RhoSchedule
 from landscape.optim.lora import LoRAFactors, lora_layers
+from landscape.optim.noise import RngState
+from landscape.optim.norm_statistics import frozen_norm_statistics
+from landscape.optim.step import Step, trained_parameters
+from landscape.optim.tensors import perturb_, restore_, write_grads
 
 __all__ = [
     "EFMLoRA",
@@ -397,19 +389,10 @@ class LoRAGradient(_LoRARuleMixin, GradientRule):
         super().__init__(seed=seed)
         self._init_lora()
 
-    def _compute(
-        self,
-        model: nn.Module,
-        named: list[tuple[str, nn.Parameter]],
-        inputs: Any,
-        targets: Any,
-        loss: BatchLoss,
-        optimizer: torch.optim.Optimizer | None,
-    ) -> Tensor:
-        self._match_layers(model, named)
-        params = [p for _, p in named]
-        value, grads = model_oracle(model, params, inputs, targets, loss)()
-        write_grads(params, grads)
+    def _compute(self, step: Step) -> Tensor:
+        self._match_layers(step.model, step.named)
+        value, grads = step.gradient()
+        write_grads(step.params, grads)
         return value
 
 
@@ -470,35 +453,21 @@ class FMLoRA(_FlatLoRABase):
     name = "fmlora"
     cost = "2F+2B + r x r pseudo-inverses per layer"
 
-    def _compute(
-        self,
-        model: nn.Module,
-        named: list[tuple[str, nn.Parameter]],
-        inputs: Any,
-        targets: Any,
-        loss: BatchLoss,
-        optimizer: torch.optim.Optimizer | None,
-    ) -> Tensor:
-        layers, _, _ = self._match_layers(model, named)
-        params = [p for _, p in named]
+    def _compute(self, step: Step) -> Tensor:
+        layers, _, _ = self._match_layers(step.model, step.named)
         As, Bs = [f.A for f in layers], [f.B for f in layers]
-        rng = RngState(params[0].device)
+        rng = step.rng_state()
         with torch.enable_grad():
-            value = loss(_outputs(model(inputs)), targets)
+            value = step.loss(step.outputs(), step.targets)
             grads = torch.autograd.grad(value, As + Bs, allow_unused=True)
         k = len(layers)
         terms = self._terms(layers, grads[:k], grads[k:], self.current_rho())
         del grads
         E = terms.E
         self._realised = (list(E), terms.gram_A, [f.scaling for f in layers])
-        saved = perturb_(Bs, [e.to(b.dtype) for e, b in zip(E, Bs, strict=True)])
-        try:
-            with frozen_norm_statistics(model):
-                rng.restore()
-                _, perturbed = model_oracle(model, params, inputs, targets, loss)()
-        finally:
-            restore_(Bs, saved)
-        write_grads(params, perturbed)
+        with step.perturbed([e.to(b.dtype) for e, b in zip(E, Bs, strict=True)], rng, params=Bs):
+            _, perturbed = step.gradient()
+        write_grads(step.params, perturbed)
         return value.detach()
 
 
@@ -565,24 +534,16 @@ class EFMLoRA(_FlatLoRABase):
             self._pending = None
         return [self.ema.get(f.name) for f in layers]
 
-    def _compute(
-        self,
-        model: nn.Module,
-        named: list[tuple[str, nn.Parameter]],
-        inputs: Any,
-        targets: Any,
-        loss: BatchLoss,
-        optimizer: torch.optim.Optimizer | None,
-    ) -> Tensor:
-        layers, ia, ib = self._match_layers(model, named)
-        params = [p for _, p in named]
+    def _compute(self, step: Step) -> Tensor:
+        layers, ia, ib = self._match_layers(step.model, step.named)
+        params = step.params
         Bs = [f.B for f in layers]
         previous = self._ema_for(layers)
         saved = perturb_(
             Bs, [None if e is None else e.to(b.dtype) for e, b in zip(previous, Bs, strict=True)]
         )
         try:
-            value, grads = model_oracle(model, params, inputs, targets, loss)()
+            value, grads = step.gradient()
             # Eq. 12 at the point the gradients were taken: B is still perturbed here
             terms = self._terms(layers, [grads[i] for i in ia], [grads[i] for i in ib], self.current_rho())
         finally:
@@ -618,13 +579,13 @@ class EFMLoRA(_FlatLoRABase):
         """
         named = trained_parameters(model)
         layers, _, _ = self._match_layers(model, named)
-        loss = BatchLoss(loss_fn)
+        loss = as_loss(loss_fn)
         As, Bs = [f.A for f in layers], [f.B for f in layers]
         rng = RngState(As[0].device)
         try:
             with frozen_norm_statistics(model):
                 with torch.enable_grad():
-                    value = loss(_outputs(model(inputs)), targets)
+                    value = loss(unwrap_output(model(inputs)), targets)
                     grads = torch.autograd.grad(value, As + Bs, allow_unused=True)
                 k = len(layers)
                 fresh = self._terms(layers, grads[:k], grads[k:], self.current_rho()).E
@@ -636,7 +597,7 @@ class EFMLoRA(_FlatLoRABase):
                     try:
                         rng.restore()
                         with torch.no_grad():
-                            losses.append(float(loss(_outputs(model(inputs)), targets)))
+                            losses.append(float(loss(unwrap_output(model(inputs)), targets)))
                     finally:
                         restore_(Bs, saved)
         finally:

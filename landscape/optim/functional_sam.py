@@ -1,7 +1,10 @@
-"""Functional-SAM, LOGIT-SAM, ANGLE-SAM and their preconditioned forms (seed 002, Sec. 4, App. C-D).
+"""Functional-SAM, LOGIT-SAM, ANGLE-SAM and their preconditioned forms.
+
+Singh, Mobahi, Agarwala, Dauphin, "Avoiding spurious sharpness minimization broadens applicability
+of SAM", ICML 2025, arXiv 2502.02407 (Sec. 4, App. C-D); equation numbers below are theirs.
 
 With ``F`` the model outputs (logits), ``r = dL/dF`` and ``J = dF/dtheta``, SAM's gradient splits
-to first order into a logit path and a functional path (seed 002 Eq. 10):
+to first order into a logit path and a functional path (Eq. 10):
 
     grad L(theta + rho eps*) = [J(theta)^T r(theta + rho eps*) - g]     (~ rho H_G eps*, logit path)
                              + [J(theta + rho eps*)^T r(theta) - g]     (~ rho H_F eps*, functional path)
@@ -14,26 +17,17 @@ The rules here weight the two paths separately.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from landscape.optim.base import (
-    BatchLoss,
-    PerturbationRule,
-    RhoSchedule,
-    RngState,
-    _outputs,
-    frozen_norm_statistics,
-    perturb_,
-    restore_,
-    write_grads,
-)
+from landscape.optim.base import PerturbationRule, RhoSchedule
+from landscape.optim.step import Step
+from landscape.optim.tensors import write_grads
 
 
 class AngleSAM(PerturbationRule):
-    """ANGLE-SAM (seed 002 App. D, Eq. 18-20): a perturbation angle phi between the two paths.
+    """ANGLE-SAM (arXiv 2502.02407 App. D, Eq. 18-20): a perturbation angle phi between the two paths.
 
     ``g_ANGLE = g + sin(phi) [J(theta)^T r(theta + rho eps*) - g]
     + cos(phi) [J(theta + rho eps*)^T r(theta) - g]``                                  (Eq. 19)
@@ -73,21 +67,13 @@ class AngleSAM(PerturbationRule):
         """Weights (functional, logit) of the two paths: (cos phi, sin phi)."""
         return math.cos(self.phi), math.sin(self.phi)
 
-    def _compute(
-        self,
-        model: nn.Module,
-        named: list[tuple[str, nn.Parameter]],
-        inputs: Any,
-        targets: Any,
-        loss: BatchLoss,
-        optimizer: torch.optim.Optimizer | None,
-    ) -> Tensor:
-        params = [p for _, p in named]
+    def _compute(self, step: Step) -> Tensor:
+        params, loss, targets = step.params, step.loss, step.targets
         w_func, w_logit = self.functional_weight, self.logit_weight
-        rng = RngState(params[0].device)
+        rng = step.rng_state()
 
         with torch.enable_grad():
-            logits = _outputs(model(inputs))
+            logits = step.outputs()
             value = loss(logits, targets)
             # one backward gives g and r = dL/dz together; the graph is kept only for the logit path
             *grads, residual = torch.autograd.grad(
@@ -99,33 +85,28 @@ class AngleSAM(PerturbationRule):
         residual = residual.detach() if w_func != 0.0 else None
         if residual is not None and self.residual_dtype is not None:
             residual = residual.to(self.residual_dtype)
-        eps = self.perturbation(named, grads, self.current_rho(), optimizer)
+        eps = self.perturbation(step.named, grads, self.current_rho(), step.optimizer)
 
         func_grads: tuple[Tensor | None, ...] | None = None
         perturbed_residual: Tensor | None = None
-        saved = perturb_(params, eps)
-        del eps
-        try:
-            with frozen_norm_statistics(model), torch.enable_grad():
-                rng.restore()
-                if w_func != 0.0:
-                    perturbed_logits = _outputs(model(inputs))
-                else:
-                    with torch.no_grad():
-                        perturbed_logits = _outputs(model(inputs))
-                if w_logit != 0.0:
-                    # closed form for the built-in losses: no loss forward + backward on [B, T, V]
-                    perturbed_residual = loss.output_gradient(perturbed_logits, targets)
-                if residual is not None:
-                    func_grads = torch.autograd.grad(
-                        perturbed_logits,
-                        params,
-                        grad_outputs=residual.to(perturbed_logits.dtype),
-                        allow_unused=True,
-                    )
-                del perturbed_logits
-        finally:
-            restore_(params, saved)
+        with step.perturbed(eps, rng), torch.enable_grad():
+            del eps
+            if w_func != 0.0:
+                perturbed_logits = step.outputs()
+            else:
+                with torch.no_grad():
+                    perturbed_logits = step.outputs()
+            if w_logit != 0.0:
+                # closed form for the built-in losses: no loss forward + backward on [B, T, V]
+                perturbed_residual = loss.output_gradient(perturbed_logits, targets)
+            if residual is not None:
+                func_grads = torch.autograd.grad(
+                    perturbed_logits,
+                    params,
+                    grad_outputs=residual.to(perturbed_logits.dtype),
+                    allow_unused=True,
+                )
+            del perturbed_logits
         del residual
 
         logit_grads: tuple[Tensor | None, ...] | None = None
@@ -184,7 +165,7 @@ class AngleSAM(PerturbationRule):
 
 
 class FunctionalSAM(AngleSAM):
-    """Functional-SAM: ``g_FSAM = J(theta + rho eps*)^T r(theta)`` (seed 002 Eq. 11, App. C).
+    """Functional-SAM: ``g_FSAM = J(theta + rho eps*)^T r(theta)`` (arXiv 2502.02407 Eq. 11, App. C).
 
     The Jacobian is taken at the SAM ascent point, the loss-output derivative r at theta, which
     keeps SAM's functional path (``~ rho H_F eps*``) and drops its logit path. Cost: 2 forward +
@@ -222,7 +203,7 @@ class FunctionalSAM(AngleSAM):
 
 
 class LogitSAM(AngleSAM):
-    """LOGIT-SAM: ``g = J(theta)^T r(theta + rho eps*)`` (seed 002 App. D, Eq. 19 at phi = pi/2).
+    """LOGIT-SAM: ``g = J(theta)^T r(theta + rho eps*)`` (arXiv 2502.02407 App. D, Eq. 19 at phi = pi/2).
 
     Only SAM's logit path (``~ rho H_G eps*``). Cost: 2 forward (the perturbed one without a
     graph) + 2 backward; the pass-1 graph is kept until the end. Default rho = 0.05.
@@ -257,8 +238,8 @@ class PrecondFunctionalSAM(FunctionalSAM):
     """Preconditioned Functional-SAM: Eq. 11 with the perturbation ``rho M^{-1} eps*`` of Eq. 12.
 
     ``g = J(theta + rho M^{-1} eps*)^T r(theta)`` with ``M = sqrt(v_hat) + eps_adam`` from the
-    base AdamW (see :class:`landscape.optim.PrecondSAM`); the paper's best method (seed 002
-    Sec. 5.2, Table 1). rho is on the precond scale (default 0.001, ours). Cost: 2F+2B.
+    base AdamW (see :class:`landscape.optim.PrecondSAM`); the paper's best method (arXiv
+    2502.02407 Sec. 5.2, Table 1). rho is on the precond scale (default 0.001, ours). Cost: 2F+2B.
     """
 
     name = "precond-func-sam"

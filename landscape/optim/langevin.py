@@ -5,10 +5,10 @@ sqrt(2 lr / beta) xi``, ``xi ~ N(0, I)``, with U the mean training loss and beta
 temperature. Its stationary law is the Gibbs measure ``exp(-beta U)`` up to O(lr) discretisation
 error: on ``U = a theta^2 / 2`` the variance is ``1 / (beta a (1 - lr a / 2))``.
 
-fSGLD (Bruno, Hwang, An, Sabanis, Lim, arXiv 2510.02174; seed 000): the same update with the
-gradient taken at ``theta + e``, ``e ~ N(0, sigma^2 I)``, and ``sigma = beta^{-(1 + eta)/4}``
-(eta = 0.01, the authors' setting), so that the chain targets the Hessian-trace regularised
-objective ``U + (sigma^2 / 2) tr H`` (the Taylor identity ``E U(theta + e) = U + sigma^2/2 tr H +
+fSGLD (Bruno, Hwang, An, Sabanis, Lim, "Flatness-Aware Stochastic Gradient Langevin Dynamics",
+2025, arXiv 2510.02174): the same update with the gradient taken at ``theta + e``,
+``e ~ N(0, sigma^2 I)``, and ``sigma = beta^{-(1 + eta)/4}`` (eta = 0.01, the authors' setting),
+so that the chain targets the Hessian-trace regularised objective ``U + (sigma^2 / 2) tr H`` (the Taylor identity ``E U(theta + e) = U + sigma^2/2 tr H +
 O(sigma^4)``).
 """
 
@@ -19,21 +19,16 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from landscape.optim.base import (
-    GaussianNoise,
-    GaussianPerturbation,
-    GradientOracle,
-    GradientRule,
-    SeededGenerator,
-    check_finite_positive,
-    write_grads,
-)
+from landscape.optim.base import GradientRule, check_finite_positive
+from landscape.optim.noise import GaussianNoise, GaussianPerturbation, SeededGenerator
+from landscape.optim.step import Step
+from landscape.optim.tensors import write_grads
 
 
 def fsgld_sigma(beta: float, eta: float = 0.01) -> float:
-    """fSGLD's coupled perturbation scale ``sigma = beta^{-(1 + eta)/4}`` (seed 000).
+    """fSGLD's coupled perturbation scale ``sigma = beta^{-(1 + eta)/4}`` (arXiv 2510.02174).
 
     ``sigma^2 = beta^{-(1+eta)/2}`` shrinks more slowly than the temperature 1/beta, so the
     flatness term ``(sigma^2/2) tr H`` outlives the thermal noise as beta -> infinity. eta = 0.01
@@ -49,10 +44,10 @@ class SGLD(torch.optim.Optimizer):
     """Stochastic gradient Langevin dynamics as a ``torch.optim.Optimizer``.
 
     ``theta <- theta - lr (grad + weight_decay theta) + sqrt(2 lr / beta) xi``, ``xi ~ N(0, I)``
-    (Welling & Teh 2011; the optimisation form with inverse temperature beta used by seed 000).
+    (Welling & Teh 2011; the optimisation form with inverse temperature beta used by Bruno et al. 2025, arXiv 2510.02174).
     ``beta = inf`` is plain SGD. The noise comes from a seeded generator (``generator`` or
-    ``seed``) whose state is part of ``state_dict()``. Default beta = 1e8 (seed 000's README
-    example uses beta^-1 = 1e-8).
+    ``seed``) whose state is part of ``state_dict()``. Default beta = 1e8 (the README example of the fSGLD authors'
+    code, youngsikhwang/Flatness-aware-SGLD, uses beta^-1 = 1e-8).
     """
 
     def __init__(
@@ -113,7 +108,7 @@ class SGLD(torch.optim.Optimizer):
 class FSGLD(GradientRule):
     """fSGLD's gradient: ``grad U(theta + e)``, ``e ~ N(0, sigma^2 I)``, parameters restored after.
 
-    Composes with :class:`SGLD` as the base optimizer (seed 000; the official code perturbs,
+    Composes with :class:`SGLD` as the base optimizer (arXiv 2510.02174; the official code perturbs,
     runs forward/backward, subtracts e, then takes the Langevin step). sigma is ``sigma`` if
     given, else ``fsgld_sigma(beta, eta)`` with ``beta`` given here or read from the SGLD
     ``optimizer``'s first param group. e comes from the rule's seeded generator. Cost: 1 forward
@@ -153,19 +148,12 @@ class FSGLD(GradientRule):
             beta = base.param_groups[0]["beta"]
         return fsgld_sigma(beta, self.eta)
 
-    def _compute_with_oracle(
-        self,
-        oracle: GradientOracle,
-        model: nn.Module,
-        named: list[tuple[str, nn.Parameter]],
-        optimizer: torch.optim.Optimizer | None,
-    ) -> Tensor:
-        params = [p for _, p in named]
-        sigma = self.current_sigma(optimizer)
-        self._perturbation.apply_(params, self.generator, std=sigma)
+    def _compute(self, step: Step) -> Tensor:
+        sigma = self.current_sigma(step.optimizer)
+        self._perturbation.apply_(step.params, self.generator, std=sigma)
         try:
-            value, grads = oracle()
+            value, grads = step.gradient()
         finally:
             self._perturbation.restore_()
-        write_grads(params, grads)
+        write_grads(step.params, grads)
         return value

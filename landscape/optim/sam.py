@@ -10,25 +10,13 @@ import math
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from landscape import distributed as _dist
-from landscape.optim.base import (
-    BatchLoss,
-    GradientOracle,
-    GradientRule,
-    PerturbationRule,
-    RhoSchedule,
-    RngState,
-    _outputs,
-    batch_size,
-    frozen_norm_statistics,
-    model_oracle,
-    perturb_,
-    restore_,
-    slice_batch,
-    write_grads,
-)
+from landscape.losses import Loss, batch_size
+from landscape.optim.base import GradientRule, PerturbationRule, RhoSchedule
+from landscape.optim.step import Step, slice_batch
+from landscape.optim.tensors import write_grads
 
 
 class PlainGradient(GradientRule):
@@ -44,23 +32,17 @@ class PlainGradient(GradientRule):
         super().__init__(seed=seed)
         self.name = name
 
-    def _compute_with_oracle(
-        self,
-        oracle: GradientOracle,
-        model: nn.Module,
-        named: list[tuple[str, nn.Parameter]],
-        optimizer: torch.optim.Optimizer | None,
-    ) -> Tensor:
-        value, grads = oracle()
-        write_grads([p for _, p in named], grads)
+    def _compute(self, step: Step) -> Tensor:
+        value, grads = step.gradient()
+        write_grads(step.params, grads)
         return value
 
 
 class SAM(PerturbationRule):
     """Sharpness-Aware Minimization: the gradient at the ascent point ``theta + e``.
 
-    ``g_SAM = grad L(theta + rho eps*)``, ``eps* = g / ||g||`` (Foret et al., ICLR 2021; seed 002
-    Eq. 2). The dependence of eps* on theta is dropped, as in the paper. With ``geometry`` the
+    ``g_SAM = grad L(theta + rho eps*)``, ``eps* = g / ||g||`` (Foret, Kleiner, Mobahi, Neyshabur,
+    ICLR 2021, arXiv 2010.01412; written as Eq. 2 in Singh et al. 2025, arXiv 2502.02407). The dependence of eps* on theta is dropped, as in the paper. With ``geometry`` the
     same class gives ASAM and precond-SAM (see :class:`PerturbationRule`).
 
     The perturbed pass replays the first pass's dropout masks and does not update BatchNorm
@@ -72,26 +54,14 @@ class SAM(PerturbationRule):
     cost = "2F+2B"
     supports_closure = True
 
-    def _compute_with_oracle(
-        self,
-        oracle: GradientOracle,
-        model: nn.Module,
-        named: list[tuple[str, nn.Parameter]],
-        optimizer: torch.optim.Optimizer | None,
-    ) -> Tensor:
-        params = [p for _, p in named]
-        rng = RngState(params[0].device)
-        value, grads = oracle()
-        eps = self.perturbation(named, grads, self.current_rho(), optimizer)
+    def _compute(self, step: Step) -> Tensor:
+        rng = step.rng_state()
+        value, grads = step.gradient()
+        eps = self.perturbation(step.named, grads, self.current_rho(), step.optimizer)
         del grads
-        saved = perturb_(params, eps)
-        try:
-            with frozen_norm_statistics(model):
-                rng.restore()
-                _, perturbed_grads = oracle()
-        finally:
-            restore_(params, saved)
-        write_grads(params, perturbed_grads)
+        with step.perturbed(eps, rng):
+            _, perturbed_grads = step.gradient()
+        write_grads(step.params, perturbed_grads)
         return value
 
 
@@ -121,7 +91,8 @@ class ASAM(SAM):
 
 
 class PrecondSAM(SAM):
-    """Preconditioned SAM: ``g = grad L(theta + rho M^{-1} eps*)`` (seed 002 Eq. 12).
+    """Preconditioned SAM: ``g = grad L(theta + rho M^{-1} eps*)`` (Singh, Mobahi,
+    Agarwala, Dauphin 2025, arXiv 2502.02407, Eq. 12).
 
     ``M = sqrt(v_hat) + eps_adam`` is the base AdamW's own denominator after its last completed
     step t (``v_hat = exp_avg_sq / (1 - beta2^t)``); M = 1 before Adam's first step. eps* is
@@ -149,8 +120,9 @@ class MSAM(PerturbationRule):
 
     The batch is cut into micro-batches c of size m (the last one may be smaller). Each gets its
     own ``e_c = rho g_c / ||g_c||``, ``g_c = grad L_c(theta)``, and the result is
-    ``sum_c (n_c / B) grad L_c(theta + e_c)`` (Foret et al. 2021, Sec. 4 "m-sharpness"; seed 003
-    studies why small m generalises better). m >= B is SAM. Micro-batches run one after another:
+    ``sum_c (n_c / B) grad L_c(theta + e_c)`` (Foret et al. 2021, arXiv 2010.01412, Sec. 4
+    "m-sharpness"; Luo, Harandi, Phung, Le 2025, arXiv 2509.18001, study why small m generalises
+    better). m >= B is SAM. Micro-batches run one after another:
     the FLOPs of SAM but B/m sequential steps. The returned loss is ``sum_c (n_c/B) L_c(theta)``.
     BatchNorm running statistics are updated once per micro-batch by the unperturbed passes, as in
     gradient accumulation; the perturbed passes leave them alone. Micro-batches without any
@@ -175,50 +147,33 @@ class MSAM(PerturbationRule):
             raise ValueError(f"micro-batch size m must be >= 1, got {m}")
         self.m = int(m)
 
-    def _micro_batches(self, targets: Any, loss: BatchLoss) -> list[tuple[int, int]]:
+    def _micro_batches(self, targets: Any, loss: Loss) -> list[tuple[int, int]]:
         """(start, stop) of the micro-batches that have a counted target."""
         total = batch_size(targets)
         spans = [(start, min(start + self.m, total)) for start in range(0, total, self.m)]
         return [(a, b) for a, b in spans if bool(loss.sample_has_targets(slice_batch(targets, a, b)).any())]
 
-    def _local_count(self, loss: BatchLoss, targets: Any) -> float:
+    def _local_count(self, loss: Loss, targets: Any) -> float:
         # m-SAM's mean weights micro-batches by their samples (B counts the micro-batches kept)
         return float(sum(b - a for a, b in self._micro_batches(targets, loss)))
 
-    def _compute(
-        self,
-        model: nn.Module,
-        named: list[tuple[str, nn.Parameter]],
-        inputs: Any,
-        targets: Any,
-        loss: BatchLoss,
-        optimizer: torch.optim.Optimizer | None,
-    ) -> Tensor:
-        params = [p for _, p in named]
+    def _compute(self, step: Step) -> Tensor:
+        params = step.params
         rho = self.current_rho()
-        chunks = [
-            (slice_batch(inputs, a, b), slice_batch(targets, a, b), b - a)
-            for a, b in self._micro_batches(targets, loss)
-        ]
+        chunks = [(step.micro_batch(a, b), b - a) for a, b in self._micro_batches(step.targets, step.loss)]
         if not chunks:
             raise ValueError("no micro-batch has a counted target")
-        counted = sum(n for _, _, n in chunks)
+        counted = sum(n for _, n in chunks)
         accumulated: list[Tensor | None] = [None] * len(params)
         value = torch.zeros((), dtype=params[0].dtype, device=params[0].device)
-        for chunk_inputs, chunk_targets, n in chunks:
+        for chunk, n in chunks:
             weight = n / counted
-            oracle = model_oracle(model, params, chunk_inputs, chunk_targets, loss)
-            rng = RngState(params[0].device)
-            chunk_value, grads = oracle()
-            eps = self.perturbation(named, grads, rho, optimizer)
+            rng = chunk.rng_state()
+            chunk_value, grads = chunk.gradient()
+            eps = self.perturbation(step.named, grads, rho, step.optimizer)
             del grads
-            saved = perturb_(params, eps)
-            try:
-                with frozen_norm_statistics(model):
-                    rng.restore()
-                    _, perturbed_grads = oracle()
-            finally:
-                restore_(params, saved)
+            with chunk.perturbed(eps, rng):
+                _, perturbed_grads = chunk.gradient()
             value = value + weight * chunk_value
             for i, g in enumerate(perturbed_grads):
                 if g is None:
@@ -233,9 +188,10 @@ class MSAM(PerturbationRule):
 class RWSAM(PerturbationRule):
     """Reweighted SAM, *our documented interpretation* (the published algorithm was not readable).
 
-    Seed 003 (Luo et al., arXiv 2509.18001) describes RW-SAM as sharpness-weighted sampling with
-    Gibbs weights from a finite-difference sharpness estimate, mimicking small-m m-SAM while the
-    batch stays parallel. Implemented here (issue 3's interpretation, not the paper's equations):
+    Luo, Harandi, Phung, Le ("Unveiling m-Sharpness Through the Structure of Stochastic Gradient
+    Noise", 2025, arXiv 2509.18001) describe RW-SAM as sharpness-weighted sampling with Gibbs
+    weights from a finite-difference sharpness estimate, mimicking small-m m-SAM while the batch
+    stays parallel. Implemented here (our interpretation, not the paper's equations):
 
     - per-sample sharpness ``s_i = l_i(theta + rho eps*) - l_i(theta)`` from the two forward passes
       SAM already makes (eps* from the full-batch g);
@@ -275,42 +231,29 @@ class RWSAM(PerturbationRule):
         if math.isinf(self.temperature):
             return counted.to(sharpness.dtype)
         logits = torch.where(counted, sharpness / self.temperature, torch.full_like(sharpness, -math.inf))
-        if self._share is None:
+        if not self.parallel.active:
             return counted.sum().to(sharpness.dtype) * torch.softmax(logits, dim=0)
         peak = _dist.all_reduce_max_(logits.max().detach().reshape(1).double())
         exps = torch.exp(logits.double() - peak)
         totals = _dist.all_reduce_sum_(torch.stack([exps.sum(), counted.sum().double()]))
         return (totals[1] * exps / totals[0]).to(sharpness.dtype)
 
-    def _compute(
-        self,
-        model: nn.Module,
-        named: list[tuple[str, nn.Parameter]],
-        inputs: Any,
-        targets: Any,
-        loss: BatchLoss,
-        optimizer: torch.optim.Optimizer | None,
-    ) -> Tensor:
-        params = [p for _, p in named]
-        rng = RngState(params[0].device)
+    def _compute(self, step: Step) -> Tensor:
+        params, loss, targets = step.params, step.loss, step.targets
+        rng = step.rng_state()
         with torch.enable_grad():
-            clean = loss.terms(_outputs(model(inputs)), targets)
+            clean = loss.terms(step.outputs(), targets)
             value = clean.mean()
             grads = list(torch.autograd.grad(value, params, allow_unused=True))
         clean_losses = clean.per_sample()
         del clean
-        eps = self.perturbation(named, grads, self.current_rho(), optimizer)
+        eps = self.perturbation(step.named, grads, self.current_rho(), step.optimizer)
         del grads
-        saved = perturb_(params, eps)
-        try:
-            with frozen_norm_statistics(model), torch.enable_grad():
-                rng.restore()
-                perturbed = loss.terms(_outputs(model(inputs)), targets)
-                sharpness = perturbed.per_sample() - clean_losses
-                weights = self.sample_weights(sharpness, loss.sample_has_targets(targets))
-                perturbed_grads = torch.autograd.grad(perturbed.weighted(weights), params, allow_unused=True)
-        finally:
-            restore_(params, saved)
+        with step.perturbed(eps, rng), torch.enable_grad():
+            perturbed = loss.terms(step.outputs(), targets)
+            sharpness = perturbed.per_sample() - clean_losses
+            weights = self.sample_weights(sharpness, loss.sample_has_targets(targets))
+            perturbed_grads = torch.autograd.grad(perturbed.weighted(weights), params, allow_unused=True)
         self.last_sample_weights = weights
         write_grads(params, perturbed_grads)
         return value.detach()

@@ -4,8 +4,8 @@ For a batch cut into consecutive micro-batches c of n_c samples (the last may be
 
     S_m = sum_c (n_c / B) [L_c(theta + rho eps_c) - L_c(theta)],   eps_c = g_c / ||g_c||,
 
-with ``g_c = grad L_c(theta)``: the quantity whose dependence on m seed 003 (Luo et al., arXiv
-2509.18001) explains, and m-SAM (Foret et al. 2021, Sec. 4) minimises. To first order
+with ``g_c = grad L_c(theta)``: the quantity whose dependence on m Luo, Harandi, Phung, Le (2025,
+arXiv 2509.18001) explain, and m-SAM (Foret et al. 2021, Sec. 4) minimises. To first order
 ``L_c(theta + rho eps_c) - L_c(theta) = rho ||g_c||``, so S_m grows as m shrinks (smaller
 micro-batches have noisier, longer gradients).
 """
@@ -18,20 +18,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from landscape.optim.base import (
-    BatchLoss,
-    LossLike,
-    RngState,
-    _outputs,
-    batch_size,
-    frozen_norm_statistics,
-    global_norm,
-    perturb_,
-    restore_,
-    scaled,
-    slice_batch,
-    trained_parameters,
-)
+from landscape.losses import LossLike, as_loss, batch_size
+from landscape.models import unwrap_output
+from landscape.optim.noise import RngState
+from landscape.optim.norm_statistics import frozen_norm_statistics
+from landscape.optim.step import slice_batch, trained_parameters
+from landscape.optim.tensors import global_norm, perturb_, restore_, scaled
 
 
 def m_sharpness(
@@ -52,7 +44,7 @@ def m_sharpness(
     """
     if rho < 0:
         raise ValueError(f"rho must be non-negative, got {rho}")
-    loss = BatchLoss(loss_fn)
+    loss = as_loss(loss_fn)
     named = trained_parameters(model)
     params = [p for _, p in named]
     total = batch_size(targets)
@@ -72,14 +64,14 @@ def m_sharpness(
                         continue
                     rng = RngState(params[0].device)
                     with torch.enable_grad():
-                        clean = loss(_outputs(model(chunk_inputs)), chunk_targets)
+                        clean = loss(unwrap_output(model(chunk_inputs)), chunk_targets)
                         grads = torch.autograd.grad(clean, params, allow_unused=True)
                     eps = scaled(grads, rho / global_norm(grads).clamp_min(torch.finfo(torch.float64).tiny))
                     saved = perturb_(params, eps)
                     try:
                         rng.restore()
                         with torch.no_grad():
-                            perturbed = loss(_outputs(model(chunk_inputs)), chunk_targets)
+                            perturbed = loss(unwrap_output(model(chunk_inputs)), chunk_targets)
                     finally:
                         restore_(params, saved)
                     weighted_sum += (stop - start) * float(perturbed - clean.detach())

@@ -18,9 +18,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from landscape.optim.base import GradientRule, LossLike, trained_parameters
+from landscape.losses import LossLike
+from landscape.optim.base import GradientRule
 from landscape.optim.langevin import SGLD
 from landscape.optim.rules import make_rule
+from landscape.optim.step import trained_parameters
 
 _BASE_OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "sgd": torch.optim.SGD,

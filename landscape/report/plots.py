@@ -24,6 +24,7 @@ from matplotlib.colors import LogNorm  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from landscape.figures import DENSITY_LABELS  # noqa: E402
+from landscape.optim.rules import RULES  # noqa: E402
 from landscape.report.runs import RunData  # noqa: E402
 
 __all__ = [
@@ -49,26 +50,8 @@ _LINESTYLES = ["-", "--", ":", "-."]
 LOG_SPAN = 30.0  # a y range wider than this factor gets a log axis
 
 
-# Fixed colours of the methods, so that a method looks the same in every figure (SAM red and the
-# preconditioned Functional-SAM orange, as in Functional-SAM Fig. 3; AdamW, the baseline, black).
-METHOD_COLORS = {
-    "adamw": "#222222",
-    "sgd": "#8c564b",
-    "sam": "#d62728",
-    "func-sam": "#1f77b4",
-    "precond-func-sam": "#ff7f0e",
-    "precond-sam": "#9467bd",
-    "fsgld": "#2ca02c",
-    "sgld": "#98c379",
-    "asam": "#e377c2",
-    "msam": "#bcbd22",
-    "logit-sam": "#17becf",
-    "angle-sam": "#7f7f7f",
-    "rwsam": "#aa7744",
-    "lora": "#555599",
-    "fmlora": "#cc6677",
-    "efmlora": "#117733",
-}
+METHOD_COLORS = {name: spec.color for name, spec in RULES.items()}
+"""Fixed line colours of the gradient rules, from their specs: a method looks the same in every figure."""
 _SPARE_COLORS = ["#004488", "#bb5566", "#ddaa33", "#66ccee", "#aa3377", "#228833"]
 
 

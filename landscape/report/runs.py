@@ -23,6 +23,7 @@ import pandas as pd
 
 from landscape import runs as run_files
 from landscape.errors import UserError
+from landscape.optim.rules import RULES
 
 __all__ = [
     "RunData",
@@ -37,25 +38,8 @@ __all__ = [
 BASELINES = ("adamw", "sgd")
 """The baseline optimizers: the reference of a group (paths, the tau contrast, the rho = 0 point)."""
 
-# Display names of the gradient rules, as the Functional-SAM paper writes them in its tables.
-METHOD_LABELS = {
-    "sgd": "SGD",
-    "adamw": "AdamW",
-    "sam": "SAM",
-    "asam": "ASAM",
-    "msam": "m-SAM",
-    "func-sam": "Functional-SAM",
-    "logit-sam": "Logit-SAM",
-    "angle-sam": "Angle-SAM",
-    "precond-sam": "Precond SAM",
-    "precond-func-sam": "Precond Functional-SAM",
-    "rwsam": "RW-SAM",
-    "sgld": "SGLD",
-    "fsgld": "fSGLD",
-    "lora": "LoRA",
-    "fmlora": "FMLoRA",
-    "efmlora": "EFMLoRA",
-}
+METHOD_LABELS = {name: spec.label for name, spec in RULES.items()}
+"""Display names of the gradient rules, from their specs (``func-sam`` -> ``Functional-SAM``)."""
 
 
 def method_label(method: str) -> str:

@@ -24,7 +24,6 @@ Defaults (chosen for the built-in models on a small CPU):
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import math
 import re
 from dataclasses import dataclass, field
@@ -32,12 +31,12 @@ from typing import Any
 
 import torch
 
-from landscape.adapters import ADAPTER_KEYWORDS as _ADAPTER_KEYWORDS
 from landscape.adapters import LORA_METHODS, add_run_adapters
 from landscape.data import Dataset, load_data, train_eval_split
 from landscape.dtypes import DTYPES
 from landscape.errors import UserError
-from landscape.optim import RULES
+from landscape.optim.options import Option, non_negative_int, positive_int
+from landscape.optim.rules import RULES, run_options
 from landscape.runs.layout import CONFIG_VERSION
 
 __all__ = [
@@ -71,44 +70,37 @@ DIAGNOSE_TARGETS = 1024
 # digits, 32 text sequences: about 30 s for the transformer with analyze's default budgets).
 FINAL_ANALYSIS_TARGETS = 2048
 
-# RunConfig field -> keyword of ``make_rule`` (the rest have the same name).
-_RULE_KEYWORDS = {"micro_batch": "m", "lora_normalization": "normalization"}
-METHOD_OPTIONS = (
-    "rho",
-    "rho_warmup",
-    "phi",
-    "micro_batch",
-    "temperature",
-    "sigma",
-    "beta",
-    "eta",
-    "ema_new_weight",
-    "lora_normalization",
-    *_ADAPTER_KEYWORDS,
-)
-"""Options that only some methods take; a method that does not take one ignores it (in a suite)."""
-_NORMALIZATIONS = ("layer", "global")
+METHOD_OPTIONS = tuple(option.name for option in run_options())
+"""Options that only some methods take (every option of the rule specs, :data:`RULES`); a method
+that does not take one ignores it (in a suite). Each is a :class:`RunConfig` field."""
 
-_ETA_METHODS = ("asam", "fsgld")
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=-]*$")
 
 
 def method_takes(method: str, option: str) -> bool:
-    """Whether ``method`` uses ``option`` (one of ``METHOD_OPTIONS``).
+    """Whether ``method`` uses ``option`` (one of ``METHOD_OPTIONS``): its rule spec lists it.
 
-    Read from the rule's constructor signature; ``beta`` (SGLD's inverse temperature) is also
-    taken by ``sgld``, whose rule is the plain gradient but whose base optimizer reads it;
-    ``eta`` only by ``asam`` (T = |w| + eta) and ``fsgld`` (sigma = beta^-(1+eta)/4); the
-    adapter options ``lora_rank``, ``lora_alpha``, ``lora_targets`` by the :data:`LORA_METHODS`.
+    (``beta``, SGLD's inverse temperature, is also taken by ``sgld``, whose rule is the plain
+    gradient but whose base optimizer reads it; the adapter options by the :data:`LORA_METHODS`.)
     """
-    if option in _ADAPTER_KEYWORDS:
-        return method in LORA_METHODS
-    if option == "beta" and RULES[method].base_optimizer == LANGEVIN_BASE:
-        return True
-    if option == "eta":  # SAM's constructor takes eta too, but only ASAM's geometry uses it
-        return method in _ETA_METHODS
-    keyword = _RULE_KEYWORDS.get(option, option)
-    return keyword in inspect.signature(RULES[method].factory).parameters
+    return RULES[method].takes(option)
+
+
+def _with_method_options(cls: type) -> type:
+    """Give ``cls`` one field ``<type> | None = None`` per method option of the rule specs, after
+    ``weight_decay`` (so that ``config.json`` keeps them flat: ``rho``, ``phi``, ...)."""
+    annotations: dict[str, Any] = {}
+    for name, annotation in cls.__dict__["__annotations__"].items():
+        annotations[name] = annotation
+        if name != "weight_decay":
+            continue
+        for option in run_options():
+            if option.name in cls.__dict__["__annotations__"]:
+                raise TypeError(f"method option {option.name!r} clashes with a RunConfig field")
+            annotations[option.name] = f"{option.type.__name__} | None"
+            setattr(cls, option.name, None)
+    cls.__annotations__ = annotations
+    return cls
 
 
 def format_rho(rho: float) -> str:
@@ -143,6 +135,7 @@ def parse_float_list(text: str | float | None, what: str) -> list[float]:
 
 
 @dataclass
+@_with_method_options
 class RunConfig:
     """Everything needed to rebuild a run's model, data and optimizer (``None``: the default).
 
@@ -153,16 +146,18 @@ class RunConfig:
     ``init`` (a checkpoint to start from), ``dtype``.
 
     Optimizer: ``method`` (a rule of :data:`landscape.optim.RULES`), ``base`` (``adamw`` or
-    ``sgd``; Langevin methods use SGLD), ``lr``, ``momentum`` (SGD), ``weight_decay``, method
-    options ``rho``, ``rho_warmup``, ``phi``, ``micro_batch`` (m-SAM's m), ``temperature``
-    (RW-SAM), ``sigma``, ``beta``, ``eta`` (SGLD/fSGLD), ``ema_new_weight`` (EFMLoRA's beta, the
-    weight of the new perturbation), ``lora_normalization`` (FMLoRA/EFMLoRA: ``layer`` or
-    ``global``); ``steps``, ``batch_size``, ``schedule`` (``constant`` or ``cosine``) with
-    ``warmup_steps``, ``seed``, ``shuffle``.
+    ``sgd``; Langevin methods use SGLD), ``lr``, ``momentum`` (SGD), ``weight_decay``;
+    ``steps``, ``batch_size``, ``schedule`` (``constant`` or ``cosine``) with ``warmup_steps``,
+    ``seed``, ``shuffle``.
 
-    Adapters (LoRA methods only, see :func:`add_run_adapters`): ``lora_rank``, ``lora_alpha`` and
-    ``lora_targets`` (comma-separated regular expressions searched in module paths; ``None``:
-    every ``nn.Linear``). A model that already has LoRA layers (peft) keeps its own.
+    Method options: one field per option of the rule specs (:data:`METHOD_OPTIONS`: ``rho``,
+    ``rho_warmup``, ``phi``, ``micro_batch`` (m-SAM's m), ``temperature`` (RW-SAM), ``sigma``,
+    ``beta``, ``eta``, ``ema_new_weight``, ``lora_normalization``, ...), inserted after
+    ``weight_decay`` from the specs; their types, defaults, help and validation are the specs'
+    (:mod:`landscape.optim.options`). The adapter options (LoRA methods only, see
+    :func:`add_run_adapters`) are ``lora_rank``, ``lora_alpha`` and ``lora_targets``
+    (comma-separated regular expressions searched in module paths; ``None``: every
+    ``nn.Linear``). A model that already has LoRA layers (peft) keeps its own.
 
     Bookkeeping: ``checkpoint_every`` (0: only at the end and on Ctrl-C), ``log_every``,
     ``diagnose_every`` (0: off) with ``diagnose_samples`` and Lanczos/trace budgets, and the
@@ -185,19 +180,7 @@ class RunConfig:
     lr: float | None = None
     momentum: float | None = None
     weight_decay: float = 0.0
-    rho: float | None = None
-    rho_warmup: int | None = None
-    phi: float | None = None
-    micro_batch: int | None = None
-    temperature: float | None = None
-    sigma: float | None = None
-    beta: float | None = None
-    eta: float | None = None
-    ema_new_weight: float | None = None
-    lora_normalization: str | None = None
-    lora_rank: int | None = None
-    lora_alpha: float | None = None
-    lora_targets: str | None = None
+    # the method options (rho, rho_warmup, phi, micro_batch, ...) are inserted here from RULES
     steps: int = 500
     batch_size: int | None = None
     schedule: str = "constant"
@@ -247,6 +230,21 @@ class RunConfig:
 
     def validate(self) -> None:
         """Check every field; raise ``UserError`` with one line naming the first bad one."""
+        self._validate_choices()
+        self._validate_counts()
+        self._validate_optimizer()
+        for option in run_options():  # each method option by its own declaration
+            option.validate(getattr(self, option.name, None))
+        if self.eval_data is None:
+            if self.eval_fraction is None or not 0.0 < float(self.eval_fraction) < 1.0:
+                raise UserError(f"--eval-fraction must be strictly between 0 and 1, got {self.eval_fraction}")
+        if self.name is not None and not _NAME_PATTERN.match(self.name):
+            raise UserError(f"run name '{self.name}' may only hold letters, digits and . _ + = -")
+        if not isinstance(self.model_kwargs, dict):
+            raise UserError("model_kwargs must be a dict")
+
+    def _validate_choices(self) -> None:
+        """Method, base optimizer (and whether the method allows it), dtype and schedule."""
         if self.method not in RULES:
             raise UserError(f"unknown method '{self.method}' (choose from {', '.join(RULES)})")
         if self.base is not None and self.base not in BASES:
@@ -259,84 +257,40 @@ class RunConfig:
             raise UserError(f"unknown dtype '{self.dtype}' (choose from {', '.join(DTYPES)})")
         if self.schedule not in SCHEDULES:
             raise UserError(f"unknown schedule '{self.schedule}' (choose from {', '.join(SCHEDULES)})")
+
+    def _validate_counts(self) -> None:
+        """Steps, sizes and intervals (positive or non-negative integers)."""
         _positive_int(self.steps, "steps")
         _positive_int(self.seq_len, "seq-len")
         _positive_int(self.log_every, "log-every")
         _positive_int(self.diagnose_max_iter, "diagnose max-iter")
-        if self.diagnose_trace_samples < 2:
-            raise UserError(f"diagnose trace samples must be at least 2, got {self.diagnose_trace_samples}")
         for value, what in (
             (self.batch_size, "batch-size"),
             (self.diagnose_samples, "diagnose-samples"),
             (self.final_samples, "final-samples"),
-            (self.micro_batch, "micro-batch"),
         ):
             if value is not None:
                 _positive_int(value, what)
+        if self.diagnose_trace_samples < 2:
+            raise UserError(f"diagnose trace samples must be at least 2, got {self.diagnose_trace_samples}")
         for value, what in (
             (self.checkpoint_every, "checkpoint-every"),
             (self.diagnose_every, "diagnose-every"),
             (self.warmup_steps, "warmup"),
-            (self.rho_warmup, "rho-warmup"),
         ):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-                raise UserError(f"--{what} must be a non-negative integer, got {value!r}")
+            if value is not None:
+                non_negative_int(value, f"--{what}")
         if self.warmup_steps > self.steps:
             raise UserError(f"--warmup ({self.warmup_steps}) exceeds --steps ({self.steps})")
+
+    def _validate_optimizer(self) -> None:
+        """Learning rate, momentum and weight decay."""
         if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
             raise UserError(f"--lr must be positive, got {self.lr}")
         if self.momentum is not None and not 0.0 <= self.momentum < 1.0:
             raise UserError(f"--momentum must be in [0, 1), got {self.momentum}")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise UserError(f"--weight-decay must be non-negative, got {self.weight_decay}")
-        for value, what in ((self.rho, "rho"), (self.sigma, "sigma")):
-            if value is not None and not (math.isfinite(value) and value >= 0):
-                raise UserError(f"--{what} must be non-negative, got {value}")
-        for value, what in ((self.beta, "beta"), (self.temperature, "temperature"), (self.eta, "eta")):
-            if value is not None and not value > 0:
-                raise UserError(f"--{what} must be positive, got {value}")
-        self._validate_lora()
-        if self.eval_data is None:
-            if self.eval_fraction is None or not 0.0 < float(self.eval_fraction) < 1.0:
-                raise UserError(f"--eval-fraction must be strictly between 0 and 1, got {self.eval_fraction}")
-        if self.name is not None and not _NAME_PATTERN.match(self.name):
-            raise UserError(f"run name '{self.name}' may only hold letters, digits and . _ + = -")
-        if not isinstance(self.model_kwargs, dict):
-            raise UserError("model_kwargs must be a dict")
-
-    def _validate_lora(self) -> None:
-        """The LoRA options; a bad target pattern fails here, before a suite's first run trains."""
-        if self.lora_rank is not None:
-            _positive_int(self.lora_rank, "lora-rank")
-        alpha = self.lora_alpha
-        if alpha is not None and not (
-            isinstance(alpha, int | float)
-            and not isinstance(alpha, bool)
-            and math.isfinite(alpha)
-            and alpha > 0
-        ):
-            raise UserError(f"--lora-alpha must be a positive number, got {alpha!r}")
-        weight = self.ema_new_weight
-        if weight is not None and (isinstance(weight, bool) or not isinstance(weight, int | float)):
-            raise UserError(f"--ema-new-weight must be a number, got {weight!r}")
-        if weight is not None and not 0.0 < weight <= 1.0:
-            raise UserError(f"--ema-new-weight (the paper's beta) must be in (0, 1], got {weight!r}")
-        if self.lora_normalization is not None and self.lora_normalization not in _NORMALIZATIONS:
-            raise UserError(
-                f"unknown --lora-normalization '{self.lora_normalization}' "
-                f"(choose from {', '.join(_NORMALIZATIONS)})"
-            )
-        if self.lora_targets is not None:
-            if not isinstance(self.lora_targets, str):
-                raise UserError(f"--lora-targets must be text, got {self.lora_targets!r}")
-            patterns = [t.strip() for t in self.lora_targets.split(",") if t.strip()]
-            if not patterns:
-                raise UserError("--lora-targets is empty; give a regular expression or leave it out")
-            for pattern in patterns:
-                try:
-                    re.compile(pattern)
-                except re.error as exc:
-                    raise UserError(f"invalid --lora-targets pattern '{pattern}': {exc}") from None
 
     @property
     def uses_lora(self) -> bool:
@@ -347,7 +301,9 @@ class RunConfig:
         """Options that are set but not used: method options ``method`` does not take, and
         ``momentum`` unless the base optimizer is SGD."""
         unused = [
-            o for o in METHOD_OPTIONS if getattr(self, o) is not None and not method_takes(self.method, o)
+            o.name
+            for o in run_options()
+            if getattr(self, o.name) is not None and not method_takes(self.method, o.name)
         ]
         if self.momentum is not None and self.base_optimizer != "sgd":
             unused.append("momentum")
@@ -405,24 +361,22 @@ class RunConfig:
         elif out.data is None:
             raise UserError("--data is required for a model given by import path")
         out.loss = out.loss or "cross_entropy"
-        for option in METHOD_OPTIONS:  # write the method's own defaults into config.json
-            if getattr(out, option) is None and method_takes(out.method, option):
-                setattr(out, option, _option_default(out.method, option))
+        for option in RULES[out.method].options:  # write the method's own defaults into config.json
+            if getattr(out, option.name) is None:
+                setattr(out, option.name, option.default)
         out.name = out.name or out.method
         return out
 
     # ------------------------------------------------------------------------- derived objects
     def rule_options(self) -> dict[str, Any]:
-        """Keyword arguments of ``make_rule`` (only the options the method takes; seed included)."""
-        options: dict[str, Any] = {"seed": self.seed}
-        for option in METHOD_OPTIONS:
-            value = getattr(self, option)
-            if value is None or not method_takes(self.method, option):
-                continue
-            keyword = _RULE_KEYWORDS.get(option, option)
-            if keyword in inspect.signature(RULES[self.method].factory).parameters:
-                options[keyword] = value
-        return options
+        """Keyword arguments of ``make_rule`` (only the options the method's rule takes; seed
+        included)."""
+        return {"seed": self.seed, **self._options_for("rule")}
+
+    def _options_for(self, target: str) -> dict[str, Any]:
+        """The method's options that go to ``target`` and are set, under their keywords."""
+        options: list[Option] = [o for o in RULES[self.method].options if target in o.targets]
+        return {o.kwarg: getattr(self, o.name) for o in options if getattr(self, o.name) is not None}
 
     def optimizer_options(self) -> dict[str, Any]:
         """Keyword arguments of ``make_base_optimizer(self.base_optimizer, ...)``."""
@@ -433,8 +387,8 @@ class RunConfig:
             options["momentum"] = float(self.momentum if self.momentum is not None else DEFAULT_SGD_MOMENTUM)
         if base == LANGEVIN_BASE:
             options["seed"] = self.seed
-            if self.beta is not None:
-                options["beta"] = float(self.beta)
+        # the method's options that the base optimizer reads (SGLD's beta)
+        options.update({k: float(v) for k, v in self._options_for("optimizer").items()})
         return options
 
     def torch_dtype(self) -> torch.dtype:
@@ -452,24 +406,6 @@ class RunConfig:
         if self.eval_data is None and self.eval_fraction is not None:
             payload["train_split"] = {"eval_fraction": self.eval_fraction, "seed": self.split_seed}
         return payload
-
-
-def _option_default(method: str, option: str) -> Any:
-    """The default of a method option: the rule's constructor default, SGLD's for ``beta``, and
-    ``add_lora``'s for the adapter options (``None`` targets: every ``nn.Linear``)."""
-    from landscape.optim import SGLD, add_lora
-
-    if option in _ADAPTER_KEYWORDS:
-        return inspect.signature(add_lora).parameters[_ADAPTER_KEYWORDS[option]].default
-    keyword = _RULE_KEYWORDS.get(option, option)
-    parameters = inspect.signature(RULES[method].factory).parameters
-    if keyword in parameters:
-        default = parameters[keyword].default
-        if default is not inspect.Parameter.empty and default is not None:
-            return default
-    if option == "beta" and RULES[method].base_optimizer == LANGEVIN_BASE:
-        return inspect.signature(SGLD).parameters["beta"].default
-    return None
 
 
 def _take_model_from_checkpoint(config: RunConfig, trust: bool) -> None:
@@ -493,8 +429,7 @@ def _take_model_from_checkpoint(config: RunConfig, trust: bool) -> None:
 
 
 def _positive_int(value: Any, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise UserError(f"--{what} must be a positive integer, got {value!r}")
+    positive_int(value, f"--{what}")
     return value
 
 
@@ -556,7 +491,7 @@ def expand_suite(
     candidates = [dataclasses.replace(base, method=m, rho=None) for m in methods]
     for candidate in candidates:
         candidate.validate()
-    for option in (*METHOD_OPTIONS, "momentum"):
+    for option in (*(o.name for o in run_options()), "momentum"):
         value = rho_values[0] if option == "rho" else getattr(base, option)
         used = [
             c.base_optimizer == "sgd" if option == "momentum" else method_takes(c.method, option)
