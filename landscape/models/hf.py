@@ -38,6 +38,8 @@ _WEIGHT_FILES = (
     "pytorch_model.bin",
     "pytorch_model.bin.index.json",
 )
+HF_CONFIG_FILE = "config.json"
+"""The model config of a Hugging Face folder (their layout, not a landscape run folder's)."""
 _ADAPTER_CONFIG = "adapter_config.json"
 _ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 # buffers that older transformers versions saved and newer ones rebuild (GPT-2's causal mask)
@@ -51,7 +53,7 @@ def is_pretrained_folder(path: str | Path) -> bool:
         return False
     if (p / _ADAPTER_CONFIG).is_file():
         return True
-    return (p / "config.json").is_file() and any((p / name).is_file() for name in _WEIGHT_FILES)
+    return (p / HF_CONFIG_FILE).is_file() and any((p / name).is_file() for name in _WEIGHT_FILES)
 
 
 def pretrained_weight_files(folder: Path) -> list[Path]:
@@ -132,7 +134,7 @@ def _model_class(transformers: Any, config: dict[str, Any], folder: Path) -> Any
     cls = getattr(transformers, str(names[0]), None)
     if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
         raise UserError(
-            f"{folder / 'config.json'} names architecture '{names[0]}', which is not a transformers model class"
+            f"{folder / HF_CONFIG_FILE} names architecture '{names[0]}', which is not a transformers model class"
         )
     return cls
 
@@ -173,10 +175,10 @@ def _load_weights(model: nn.Module, state: dict[str, Tensor], folder: Path) -> N
 
 
 def _build_model(folder: Path, dtype: torch.dtype, trust: bool) -> nn.Module:
-    config = _read_json(folder / "config.json")
+    config = _read_json(folder / HF_CONFIG_FILE)
     if config.get("auto_map") and not trust:
         raise UserError(
-            f"{folder / 'config.json'} asks for custom model code (auto_map); a file never chooses code "
+            f"{folder / HF_CONFIG_FILE} asks for custom model code (auto_map); a file never chooses code "
             "to run: pass --trust-checkpoint if you trust the folder"
         )
     files = pretrained_weight_files(folder)
