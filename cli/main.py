@@ -13,6 +13,7 @@ from cli.console import err_console, leader_process, out_console, set_threads, s
 from cli.report import demo, report
 from cli.train import prune_eval, train
 from landscape.errors import UserError, one_line
+from landscape.metrics import names as metric_names  # the declarations only: no torch here
 
 app = typer.Typer(
     name="landscape",
@@ -25,74 +26,30 @@ app = typer.Typer(
 )
 
 
-def _fmt(value: Any, err: Any = None) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        text = f"{value:.6g}"
-        if err is not None:
-            text += f" ± {err:.2g}"
-        return text
-    return str(value)
-
-
 def summary_table(result: Any) -> Table:
-    """The rich table printed after ``analyze``."""
+    """The rich table printed after ``analyze``: the loss and gradient, each metric's rows (from the
+    registry) and the cost."""
+    from landscape.metrics import format_number, summary_rows
+
     table = Table(title="curvature summary", show_header=True, header_style="bold")
     table.add_column("quantity")
     table.add_column("value", justify="right")
     table.add_column("note")
     r = result
-    rows = [
-        ("loss", _fmt(r.loss), f"{r.num_samples} samples, {r.num_targets} targets, {r.mode}"),
-        ("||grad L||", _fmt(r.grad_norm), f"{r.num_params} parameters, {r.dtype}"),
-        (
-            "lambda_max(H)",
-            _fmt(r.lambda_max),
-            f"residual {_fmt(r.lambda_max_residual)}, {r.lambda_max_products} products to tol"
-            if r.lambda_max is not None
-            else "",
-        ),
-        (
-            "top eigenvalues",
-            ", ".join(f"{x:.4g}" for x in r.top_eigenvalues) if r.top_eigenvalues else "-",
-            "",
-        ),
-        (
-            "lambda_min(H)",
-            _fmt(r.lambda_min),
-            f"error bound {_fmt(r.lambda_min_error_bound)}, "
-            f"{'converged' if r.lambda_min_converged else 'NOT converged'}"
-            if r.lambda_min is not None
-            else "",
-        ),
-        ("tr(H)", _fmt(r.trace, r.trace_stderr), r.trace_method or ""),
-        ("lambda_max(G)", _fmt(r.ggn_lambda_max), "Gauss-Newton"),
-        ("tr(G)", _fmt(r.ggn_trace, r.ggn_trace_stderr), ""),
-        ("tr(H_F)", _fmt(r.functional_trace, r.functional_trace_stderr), "functional Hessian H - G"),
-        ("tau_logit", _fmt(r.tau_logit), "share of the sharpness gradient through the logits"),
-        ("tau_func", _fmt(r.tau_func), "share through the function's Jacobian"),
-        (
-            "tau_cross",
-            _fmt(r.tau_cross),
-            ""
-            if r.tau_cross is None
-            else (
-                "negative: the two paths oppose"
-                if r.tau_cross < 0
-                else "positive: the paths point the same way"
-            ),
-        ),
-        (
-            "products",
-            f"{r.hvp_count} H, {r.ggn_count} G",
-            f"{r.hvp_method} HVPs; {r.seconds:.1f} s"
-            + (f" on {r.processes} processes" if r.processes > 1 else ""),
-        ),
-    ]
-    for name, value, note in rows:
-        if value != "-" or name in ("loss",):
-            table.add_row(name, value, note)
+    table.add_row(
+        "loss", format_number(r.loss), f"{r.num_samples} samples, {r.num_targets} targets, {r.mode}"
+    )
+    grad = format_number(r.grad_norm)
+    if grad != "-":
+        table.add_row("||grad L||", grad, f"{r.num_params} parameters, {r.dtype}")
+    for row in summary_rows(r.to_dict()):
+        table.add_row(*row)
+    table.add_row(
+        "products",
+        f"{r.hvp_count} H, {r.ggn_count} G",
+        f"{r.hvp_method} HVPs; {r.seconds:.1f} s"
+        + (f" on {r.processes} processes" if r.processes > 1 else ""),
+    )
     return table
 
 
@@ -114,7 +71,7 @@ def analyze(
     batch_size: Annotated[int | None, typer.Option(help="chunk size for products (memory only)")] = None,
     dtype: Annotated[str, typer.Option(help="float32 or float64")] = "float32",
     seed: Annotated[int, typer.Option(help="seeds model init and every random probe")] = 0,
-    metrics: Annotated[str, typer.Option(help="comma list of eigen,trace,ggn,tau,density,layers")] = "all",
+    metrics: Annotated[str, typer.Option(help=f"comma list of {','.join(metric_names())}, or all")] = "all",
     top_k: Annotated[int, typer.Option(help="number of top eigenvalues")] = 5,
     trace_method: Annotated[str, typer.Option(help="xtrace, hutchpp or hutchinson")] = "xtrace",
     trace_samples: Annotated[int, typer.Option(help="operator products per trace estimate")] = 96,
@@ -144,13 +101,14 @@ def analyze(
     ] = False,
     debug: Annotated[bool, typer.Option(help="show tracebacks")] = False,
 ) -> None:
-    """Measure the curvature of a checkpoint: eigenvalues, traces, GGN / functional-Hessian split,
-    tau, spectral densities and per-layer values. Writes OUT/analysis.json, layers.csv, density.png."""
+    """Measure the curvature of a checkpoint with the chosen metrics (default: all: eigenvalues,
+    traces, GGN / functional-Hessian split, tau, spectral densities and per-layer values). Writes
+    OUT/analysis.json, layers.csv, density.png."""
     del debug  # read by main(): it decides whether tracebacks are shown
 
     from landscape.analysis import analyze as run_analysis
-    from landscape.analysis import parse_metrics
     from landscape.dtypes import parse_dtype
+    from landscape.metrics import parse_metrics
     from landscape.resolve import resolve_inputs
     from landscape.runs import dumps_json, ensure_writable_dir, write_analysis
 

@@ -137,11 +137,10 @@ def _status(event: TrainProgress) -> str:
         parts.append(f"loss {event.loss:.4f}")
     diag = event.diagnostics
     if diag:
-        parts.append(
-            f"eval {_short(diag.get('eval_loss'))} | lmax {_short(diag.get('lambda_max'), 3)} "
-            f"trH {_short(diag.get('trace'), 3)} trG {_short(diag.get('ggn_trace'), 3)} "
-            f"tau_logit {_short(diag.get('tau_logit'), 2)} tau_func {_short(diag.get('tau_func'), 2)}"
-        )
+        from landscape.metrics import status_items
+
+        shown = " ".join(f"{s.label} {_short(diag.get(s.key), s.digits)}" for s in status_items())
+        parts.append(f"eval {_short(diag.get('eval_loss'))} | {shown}")
         if "cond_A_max" in diag:  # LoRA methods
             parts.append(f"cond(A) {_short(diag.get('cond_A_max'), 3)}")
     if event.phase == "diagnose":
@@ -179,21 +178,13 @@ def training_progress(enabled: bool) -> Iterator[Callable[[TrainProgress], None]
 
 def summary_table(summaries: list[RunSummary]) -> Table:
     """One row per run: last training loss, eval loss and accuracy, the unigram baseline's eval
-    loss, the final analysis's curvature (when it ran) and the training seconds."""
+    loss, the final analysis's headline numbers (the metrics' ``Headline`` columns, when it ran)
+    and the training seconds."""
+    from landscape.metrics import headlines
+
+    shown = [h for h in headlines() if h.column]
     table = Table(title="training summary", show_header=True, header_style="bold")
-    for column in (
-        "run",
-        "steps",
-        "train",
-        "eval",
-        "acc",
-        "unigram",
-        "lmax(H)",
-        "tr(H)",
-        "tr(G)",
-        "tau_logit",
-        "s",
-    ):
+    for column in ("run", "steps", "train", "eval", "acc", "unigram", *(h.column for h in shown), "s"):
         table.add_column(column, justify="left" if column == "run" else "right")
     for s in summaries:
         table.add_row(
@@ -203,10 +194,7 @@ def summary_table(summaries: list[RunSummary]) -> Table:
             _short(s.eval_loss),
             _short(s.eval_accuracy, 3),
             _short(s.unigram_eval_loss),
-            _short(s.lambda_max),
-            _short(s.trace),
-            _short(s.ggn_trace),
-            _short(s.tau_logit, 3),
+            *(_short(s.curvature.get(h.key), h.digits) for h in shown),
             f"{s.train_seconds:.1f}",
         )
     return table

@@ -26,6 +26,9 @@ from typing import Any
 import pandas as pd
 import torch
 
+from landscape import metrics as registry
+from landscape.metrics import tau, trace
+from landscape.metrics.density import DENSITY
 from landscape.report.document import (
     Bullets,
     FigureBlock,
@@ -244,7 +247,7 @@ def _curves_section(slug: str, members: list[RunData]) -> Section:
             FigureBlock.from_figure(
                 f"{slug}-curvature.png",
                 plots.curvature_curves_figure(members),
-                f"Top Hessian eigenvalue and traces of H, G and H_F during training ({subset}).",
+                f"{_curves_caption()} during training ({subset}).",
             )
         )
         curves.blocks.append(
@@ -259,12 +262,34 @@ def _curves_section(slug: str, members: list[RunData]) -> Section:
     return curves
 
 
+def _join(items: Sequence[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _curves_caption() -> str:
+    """What the curvature figure shows, from its panels' nouns: consecutive panels with one noun
+    are named together ("Top Hessian eigenvalue and traces of H, G and H_F")."""
+    groups: list[tuple[str, list[str]]] = []
+    for curve in registry.curves("curvature"):
+        noun = curve.noun or curve.label
+        if groups and groups[-1][0] == noun and curve.of:
+            groups[-1][1].append(curve.of)
+        else:
+            groups.append((noun, [curve.of] if curve.of else []))
+    phrases = [
+        (noun + ("s" if len(ofs) > 1 else "")) + (f" of {_join(ofs)}" if ofs else "") for noun, ofs in groups
+    ]
+    text = _join(phrases) if phrases else "Curvature"
+    return text[0].upper() + text[1:]
+
+
 def _density_section(slug: str, members: list[RunData]) -> Section:
     """The spectral densities of the runs' final analyses, overlaid."""
     from landscape.report import plots
 
     section = Section("Spectral densities", level=3)
-    if any((r.analysis or {}).get("density") for r in members):
+    if any((r.analysis or {}).get(DENSITY) for r in members):
         section.blocks.append(
             FigureBlock.from_figure(
                 f"{slug}-density.png",
@@ -348,9 +373,7 @@ def _contrast(groups: dict[str, list[RunData]]) -> tuple[Section | None, list[st
     chosen: dict[str, tuple[str, RunData]] = {}
     for name, members in groups.items():
         with_tau = [
-            r
-            for r in members
-            if "tau_logit" in r.diagnostics() and r.diagnostics()["tau_logit"].notna().any()
+            r for r in members if tau.LOGIT in r.diagnostics() and r.diagnostics()[tau.LOGIT].notna().any()
         ]
         if not with_tau:
             continue
@@ -374,10 +397,10 @@ def _contrast(groups: dict[str, list[RunData]]) -> tuple[Section | None, list[st
                 domain,
                 name,
                 run.method_label,
-                float(diag["tau_logit"].dropna().iloc[-1]),
-                float(diag["tau_func"].dropna().iloc[-1]),
-                float(later["tau_logit"].mean()),
-                float(later["tau_func"].mean()),
+                float(diag[tau.LOGIT].dropna().iloc[-1]),
+                float(diag[tau.FUNC].dropna().iloc[-1]),
+                float(later[tau.LOGIT].mean()),
+                float(later[tau.FUNC].mean()),
             )
         )
     lines = contrast_sentences(sides)
@@ -470,7 +493,7 @@ def _provenance_row(run: RunData, root: Path | None) -> str:
     c = run.config
     a = run.analysis or {}
     analysis = (
-        f"analysis on {a.get('num_targets')} targets ({a.get('trace_method')}, {a.get('hvp_count')} H and "
+        f"analysis on {a.get('num_targets')} targets ({a.get(trace.METHOD)}, {a.get('hvp_count')} H and "
         f"{a.get('ggn_count')} G products, {float(a.get('seconds') or 0):.1f} s)"
         if a
         else "no final analysis"

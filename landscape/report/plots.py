@@ -23,7 +23,9 @@ from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from landscape import metrics as registry  # noqa: E402
 from landscape.figures import DENSITY_LABELS  # noqa: E402
+from landscape.metrics.density import DENSITY  # noqa: E402
 from landscape.optim.rules import RULES  # noqa: E402
 from landscape.report.runs import RunData  # noqa: E402
 
@@ -40,11 +42,6 @@ __all__ = [
     "tau_curves_figure",
 ]
 
-TAU_STYLE = {
-    "tau_logit": ("τ_logit (logit path, via G)", "C3", "-"),
-    "tau_func": ("τ_func (functional path, via H_F)", "C0", "-"),
-    "tau_cross": ("τ_cross (cross term; < 0: the paths oppose)", "0.45", "--"),
-}
 CURVATURE_UNIT = "loss / param²"
 _LINESTYLES = ["-", "--", ":", "-."]
 LOG_SPAN = 30.0  # a y range wider than this factor gets a log axis
@@ -155,16 +152,16 @@ def loss_curves_figure(runs: Sequence[RunData], title: str = "") -> Figure:
 
 
 def curvature_curves_figure(runs: Sequence[RunData], title: str = "") -> Figure:
-    """λmax(H), tr(H), tr(G) and tr(H_F) against step (training diagnostics, fixed subset)."""
+    """The metrics' curvature curves (λmax(H), tr(H), tr(G) and tr(H_F), and any other metric's
+    ``Curve``) against step, one panel each, two per row (training diagnostics, fixed subset)."""
     styles = run_styles(runs)
-    fig, axes = plt.subplots(2, 2, figsize=(10.5, 7.0))
-    panels = (
-        ("lambda_max", "λmax(H)", "top Hessian eigenvalue λmax(H)"),
-        ("trace", "tr(H)", "Hessian trace tr(H)"),
-        ("ggn_trace", "tr(G)", "Gauss-Newton trace tr(G)"),
-        ("functional_trace", "tr(H_F)", "functional-Hessian trace tr(H_F) = tr(H) - tr(G)"),
-    )
-    for ax, (key, short, name) in zip(axes.ravel(), panels, strict=True):
+    panels = registry.curves("curvature")
+    rows = max(math.ceil(len(panels) / 2), 1)
+    fig, axes = plt.subplots(rows, 2, figsize=(10.5, 3.5 * rows), squeeze=False)
+    for ax in axes.ravel()[len(panels) :]:
+        ax.set_visible(False)
+    for ax, curve in zip(axes.ravel(), panels, strict=False):
+        key, short, name = curve.key, curve.label, curve.title
         values = []
         for run in runs:
             diag = run.diagnostics()
@@ -186,9 +183,11 @@ def curvature_curves_figure(runs: Sequence[RunData], title: str = "") -> Figure:
     return _finish(fig, title)
 
 
-def _tau_axes(ax: Axes, diag: pd.DataFrame, label_lines: bool) -> list[float]:
+def _split_axes(ax: Axes, diag: pd.DataFrame, label_lines: bool) -> list[float]:
+    """The shares of the split figure (the metrics' ``Curve``s with ``figure="split"``) of one run."""
     values: list[float] = []
-    for key, (label, color, ls) in TAU_STYLE.items():
+    for curve in registry.curves("split"):
+        key, label = curve.key, curve.label
         if key not in diag:
             continue
         part = diag[["step", key]].dropna()
@@ -197,8 +196,8 @@ def _tau_axes(ax: Axes, diag: pd.DataFrame, label_lines: bool) -> list[float]:
         ax.plot(
             part["step"],
             part[key],
-            color=color,
-            ls=ls,
+            color=curve.color,
+            ls=curve.linestyle,
             lw=1.6,
             marker=".",
             label=label if label_lines else None,
@@ -213,7 +212,8 @@ def _tau_axes(ax: Axes, diag: pd.DataFrame, label_lines: bool) -> list[float]:
 
 def tau_curves_figure(runs: Sequence[RunData], title: str = "") -> Figure:
     """τ_logit, τ_func and τ_cross against step, one panel per run (Functional-SAM Fig. 2 / Fig. 4)."""
-    shown = [r for r in runs if "tau_logit" in r.diagnostics()]
+    keys = [curve.key for curve in registry.curves("split")]
+    shown = [r for r in runs if any(key in r.diagnostics() for key in keys)]
     n = max(len(shown), 1)
     cols = min(n, 3)
     rows = math.ceil(n / cols)
@@ -223,7 +223,7 @@ def tau_curves_figure(runs: Sequence[RunData], title: str = "") -> Figure:
             ax.set_visible(False)
             continue
         run = shown[i]
-        _tau_axes(ax, run.diagnostics(), label_lines=i == 0)
+        _split_axes(ax, run.diagnostics(), label_lines=i == 0)
         ax.set_title(run_legend(run, runs), fontsize=10)
         if i % cols:
             ax.set_ylabel("")
@@ -241,7 +241,7 @@ def tau_contrast_figure(panels: Sequence[tuple[str, RunData]], title: str = "") 
     (Functional-SAM Fig. 2 contrasts AdamW runs on ImageNet and C4)."""
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.9), squeeze=False, sharey=True)
     for i, (ax, (heading, run)) in enumerate(zip(axes[0], panels, strict=True)):
-        _tau_axes(ax, run.diagnostics(), label_lines=True)
+        _split_axes(ax, run.diagnostics(), label_lines=True)
         ax.set_title(heading, fontsize=10)
         if i:
             ax.set_ylabel("")
@@ -253,11 +253,11 @@ def density_overlay_figure(runs: Sequence[RunData], title: str = "") -> Figure:
     """Spectral densities (SLQ, from each run's ``analysis.json``) of H, G and H_F: one panel per
     matrix, one line per run, log density."""
     styles = run_styles(runs)
-    keys = [k for k in ("H", "G", "H_F") if any(k in ((r.analysis or {}).get("density") or {}) for r in runs)]
+    keys = [k for k in ("H", "G", "H_F") if any(k in ((r.analysis or {}).get(DENSITY) or {}) for r in runs)]
     fig, axes = plt.subplots(1, max(len(keys), 1), figsize=(4.6 * max(len(keys), 1), 3.8), squeeze=False)
     for ax, key in zip(axes[0], keys, strict=False):
         for run in runs:
-            d = ((run.analysis or {}).get("density") or {}).get(key)
+            d = ((run.analysis or {}).get(DENSITY) or {}).get(key)
             if not d:
                 continue
             grid = np.asarray(d["grid"], dtype=float)

@@ -21,6 +21,7 @@ from typing import Any
 
 import pandas as pd
 
+from landscape import metrics as registry
 from landscape import runs as run_files
 from landscape.errors import UserError
 from landscape.optim.rules import RULES
@@ -97,10 +98,12 @@ class RunData:
         return run_domain(self.config)
 
     def diagnostics(self) -> pd.DataFrame:
-        """The records that carry curvature diagnostics (``lambda_max`` present), by step."""
-        if self.metrics.empty or "lambda_max" not in self.metrics:
+        """The records that carry curvature diagnostics (a diagnostic metric's key present; see
+        :func:`landscape.metrics.diagnostic_keys`), by step."""
+        keys = [k for k in registry.diagnostic_keys() if k in self.metrics]
+        if self.metrics.empty or not keys:
             return self.metrics.iloc[0:0]
-        return self.metrics[self.metrics["lambda_max"].notna()].reset_index(drop=True)
+        return self.metrics[self.metrics[keys].notna().any(axis=1)].reset_index(drop=True)
 
 
 def run_domain(config: dict[str, Any]) -> str:

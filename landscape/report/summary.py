@@ -17,16 +17,20 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from landscape import metrics as registry
+from landscape.metrics import tau
 from landscape.report.runs import BASELINES
 
 __all__ = ["TauContrast", "contrast_sentences", "group_sentences", "pruning_sentence", "rho_sentences"]
 
-MEASURES: tuple[tuple[str, str, str | None], ...] = (
-    ("lambda_max", "λmax(H)", None),
-    ("trace", "tr(H)", "trace_stderr"),
-    ("ggn_trace", "tr(G)", "ggn_trace_stderr"),
-    ("functional_trace", "tr(H_F)", "functional_trace_stderr"),
-)
+
+def measures(*kinds: str) -> tuple[tuple[str, str, str | None], ...]:
+    """``(key, label, error key)`` of the curvature measures that the summary ranks runs by: the
+    metrics' comparison columns whose ``flatness`` is one of ``kinds`` (default: lower-is-flatter
+    and ranked ones), in the registry's order."""
+    return tuple((c.key, c.label, c.error) for c in registry.flatness_columns(*kinds))
+
+
 # A path "dominates" the sharpness gradient when its share is at least this many times the other's.
 DOMINANCE_RATIO = 2.0
 
@@ -62,7 +66,7 @@ def flatness_sentences(frame: pd.DataFrame) -> list[str]:
     names = _names(frame)
     out = []
     winners = {}
-    for key, label, err_key in MEASURES:
+    for key, label, err_key in measures():
         part = _valid(frame, key)
         if part.empty:
             continue
@@ -100,12 +104,12 @@ def flatness_sentences(frame: pd.DataFrame) -> list[str]:
 def logit_path_sentences(frame: pd.DataFrame, domain: str) -> list[str]:
     """Whether the logit path (tau_logit) or the functional path (tau_func) dominates the sharpness
     gradient at the final weights, and the sign of tau_cross."""
-    part = _valid(_valid(frame, "tau_logit"), "tau_func")
+    part = _valid(_valid(frame, tau.LOGIT), tau.FUNC)
     if part.empty:
         return []
     n = len(part)
-    logit = part["tau_logit"].astype(float)
-    func = part["tau_func"].astype(float)
+    logit = part[tau.LOGIT].astype(float)
+    func = part[tau.FUNC].astype(float)
     more = int((logit > func).sum())
     ranges = (
         f"τ_logit {_fmt(logit.min())}–{_fmt(logit.max())}, τ_func {_fmt(func.min())}–{_fmt(func.max())}"
@@ -129,8 +133,8 @@ def logit_path_sentences(frame: pd.DataFrame, domain: str) -> list[str]:
     if (logit > 0.5).all():
         text += "; τ_logit > 0.5 in every one"
     out = [text + "."]
-    if "tau_cross" in part:
-        cross = part["tau_cross"].astype(float)
+    if tau.CROSS in part:
+        cross = part[tau.CROSS].astype(float)
         negative = int((cross < 0).sum())
         if negative == n:
             out.append(
@@ -209,17 +213,21 @@ def _spearman(a: pd.Series, b: pd.Series) -> float:
 
 
 def right_reason_sentences(frame: pd.DataFrame) -> list[str]:
-    """Did flatness go with generalisation? Rank correlation of each curvature measure with eval
-    loss (four runs or more), and whether the run with the lowest λmax(H) is also the best one, with
-    its share of logit-path sharpness."""
+    """Did flatness go with generalisation? Rank correlation of each lower-is-flatter measure with
+    eval loss (four runs or more), and whether the run lowest by the first of them (λmax(H)) is
+    also the best one, with its share of logit-path sharpness."""
     names = _names(frame)
-    part = _valid(_valid(frame, "eval_loss"), "lambda_max")
+    flatter = measures("lower")
+    if not flatter:
+        return []
+    first, first_label, _ = flatter[0]
+    part = _valid(_valid(frame, "eval_loss"), first)
     if len(part) < 2:
         return []
     out = []
     if len(part) >= 4:
         pieces = []
-        for key, label, _ in MEASURES[:3]:
+        for key, label, _ in flatter:
             sub = _valid(part, key)
             if len(sub) >= 4:
                 r = _spearman(sub[key].astype(float), sub["eval_loss"].astype(float))
@@ -231,27 +239,31 @@ def right_reason_sentences(frame: pd.DataFrame) -> list[str]:
                 + ", ".join(pieces)
                 + " (+1: the flatter, the better it generalised)."
             )
-    flattest = part.sort_values("lambda_max", kind="stable").iloc[0]
+    flattest = part.sort_values(first, kind="stable").iloc[0]
     best = part.sort_values("eval_loss", kind="stable").iloc[0]
     if flattest["run"] == best["run"]:
-        out.append(f"{names[best['run']]} has both the lowest λmax(H) and the best eval loss.")
+        out.append(f"{names[best['run']]} has both the lowest {first_label} and the best eval loss.")
     else:
         text = (
-            f"{names[flattest['run']]} has the lowest λmax(H) ({_fmt(flattest['lambda_max'])}) but not the best "
+            f"{names[flattest['run']]} has the lowest {first_label} ({_fmt(flattest[first])}) but not the best "
             f"eval loss ({flattest['eval_loss']:.4f} against {best['eval_loss']:.4f} of {names[best['run']]})"
         )
-        tau = _valid(part, "tau_logit")
-        if len(tau) > 1 and not pd.isna(flattest.get("tau_logit")):
-            top = tau.sort_values("tau_logit", ascending=False, kind="stable").iloc[0]
-            if top["run"] == flattest["run"]:
-                text += (
-                    f"; it also has the largest τ_logit ({flattest['tau_logit']:.3f}): its flatness comes most "
-                    "through the logit path, the route Functional-SAM calls spurious"
-                )
-            else:
-                text += f"; its τ_logit is {flattest['tau_logit']:.3f} (largest: {names[top['run']]}, {top['tau_logit']:.3f})"
-        out.append(text + ".")
+        out.append(text + _logit_share(part, flattest, names) + ".")
     return out
+
+
+def _logit_share(part: pd.DataFrame, flattest: pd.Series, names: dict[str, str]) -> str:
+    """The flattest run's tau_logit against the largest one (empty without tau)."""
+    shares = _valid(part, tau.LOGIT)
+    if len(shares) < 2 or pd.isna(flattest.get(tau.LOGIT)):
+        return ""
+    top = shares.sort_values(tau.LOGIT, ascending=False, kind="stable").iloc[0]
+    if top["run"] == flattest["run"]:
+        return (
+            f"; it also has the largest τ_logit ({flattest[tau.LOGIT]:.3f}): its flatness comes most "
+            "through the logit path, the route Functional-SAM calls spurious"
+        )
+    return f"; its τ_logit is {flattest[tau.LOGIT]:.3f} (largest: {names[top['run']]}, {top[tau.LOGIT]:.3f})"
 
 
 def pruning_sentence(frame: pd.DataFrame, sparsity: float = 0.5) -> list[str]:
@@ -317,7 +329,7 @@ def headline(frame: pd.DataFrame) -> list[str]:
     names = _names(frame)
     wins: dict[str, int] = {}
     measured = 0
-    for key, _, _ in MEASURES:
+    for key, _, _ in measures():
         part = _valid(frame, key)
         if len(part) < 2:
             continue
@@ -337,9 +349,9 @@ def headline(frame: pd.DataFrame) -> list[str]:
     )
     text += f"{names[best]} generalises best (eval loss {float(best_row['eval_loss']):.4f})"
     text += ", the same run" if best in flattest else ", a different run"
-    tau = _valid(_valid(frame, "tau_logit"), "tau_func")
-    if not tau.empty:
-        logit, func = tau["tau_logit"].astype(float), tau["tau_func"].astype(float)
+    shares = _valid(_valid(frame, tau.LOGIT), tau.FUNC)
+    if not shares.empty:
+        logit, func = shares[tau.LOGIT].astype(float), shares[tau.FUNC].astype(float)
         if (logit > func).all() and logit.mean() >= DOMINANCE_RATIO * func.mean():
             text += "; the logit path dominates the sharpness gradient in every run"
         elif (func > logit).all() and func.mean() >= DOMINANCE_RATIO * logit.mean():

@@ -146,9 +146,11 @@ def write_analysis(
     ``figures``), atomically. Returns the paths written.
     """
     from landscape.figures import density_figure, save_png
+    from landscape.metrics.density import DENSITY
 
     out_dir = Path(out_dir)
     payload = result.to_dict()
+    density = payload.get(DENSITY)
     if context:
         payload["context"] = context
     names = [ANALYSIS_FILE]
@@ -157,9 +159,9 @@ def write_analysis(
         if result.layers:
             result.layers_frame().to_csv(tmp / LAYERS_FILE, index=False, float_format="%.8g")
             names.append(LAYERS_FILE)
-        if result.density and figures:
+        if density and figures:
             title = f"{context.get('model', '')} on {context.get('data', '')}" if context else ""
-            save_png(density_figure(result.density, title=title), tmp / DENSITY_FILE)
+            save_png(density_figure(density, title=title), tmp / DENSITY_FILE)
             names.append(DENSITY_FILE)
     return [out_dir / n for n in names]
 
