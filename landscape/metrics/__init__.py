@@ -84,6 +84,7 @@ __all__ = [
     "diagnostic_budget",
     "diagnostic_keys",
     "diagnostic_metrics",
+    "discover",
     "flatness_columns",
     "format_number",
     "get",
@@ -104,13 +105,13 @@ __all__ = [
 ]
 
 
-def _register_builtin() -> None:
-    """Register every module of this package that defines ``METRIC``."""
+def discover() -> None:
+    """Register every module of this package that defines ``METRIC`` (once; on import)."""
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
         module = importlib.import_module(f"{__name__}.{info.name}")
         metric = getattr(module, "METRIC", None)
-        if isinstance(metric, Metric):
+        if isinstance(metric, Metric) and not any(m is metric for m in metrics()):
             register(metric)
 
 
-_register_builtin()
+discover()

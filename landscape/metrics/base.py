@@ -293,10 +293,10 @@ class Curve:
     """A quantity drawn over training from the diagnostic records.
 
     ``figure="curvature"``: a panel of its own in the curvature figure (``label`` on the axis,
-    ``title`` above it, one line per run); the figure's caption names it by ``noun`` (and ``of``:
-    consecutive panels with one noun read "traces of H, G and H_F"). ``figure="split"``: a line
-    (``label``, ``color``, ``linestyle``) in each run's panel of the split figure, for shares that
-    add up (the tau split).
+    ``title`` above it, one line per run); the figure's caption names it by ``caption``
+    (consecutive panels "trace of H", "trace of G" read "traces of H, G"). ``figure="split"``: a
+    line (``label``, ``color``, ``linestyle``) in each run's panel of the split figure, for shares
+    that add up (the tau split).
     """
 
     key: str
@@ -305,8 +305,7 @@ class Curve:
     figure: Literal["curvature", "split"] = "curvature"
     color: str | None = None
     linestyle: str = "-"
-    noun: str = ""
-    of: str = ""
+    caption: str = ""
 
 
 @dataclass(frozen=True)

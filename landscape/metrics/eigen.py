@@ -151,7 +151,9 @@ METRIC = Metric(
         Column(LAMBDA_MAX_RESIDUAL, shown=False),
         Column(LAMBDA_MIN, "λmin(H)"),
     ),
-    curves=(Curve(LAMBDA_MAX, "λmax(H)", "top Hessian eigenvalue λmax(H)", noun="top Hessian eigenvalue"),),
+    curves=(
+        Curve(LAMBDA_MAX, "λmax(H)", "top Hessian eigenvalue λmax(H)", caption="top Hessian eigenvalue"),
+    ),
     diagnostic=Diagnostic(
         keys=(LAMBDA_MAX, LAMBDA_MAX_RESIDUAL),
         budget={"top_k": 1, "tol": 1e-2, "max_iter": 20},

@@ -112,13 +112,12 @@ METRIC = Metric(
         Column(FUNCTIONAL_TRACE_STDERR, shown=False),
     ),
     curves=(
-        Curve(TRACE, "tr(G)", "Gauss-Newton trace tr(G)", noun="trace", of="G"),
+        Curve(TRACE, "tr(G)", "Gauss-Newton trace tr(G)", caption="trace of G"),
         Curve(
             FUNCTIONAL_TRACE,
             "tr(H_F)",
             "functional-Hessian trace tr(H_F) = tr(H) - tr(G)",
-            noun="trace",
-            of="H_F",
+            caption="trace of H_F",
         ),
     ),
     diagnostic=Diagnostic(

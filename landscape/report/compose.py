@@ -268,15 +268,15 @@ def _join(items: Sequence[str]) -> str:
 
 
 def _curves_caption() -> str:
-    """What the curvature figure shows, from its panels' nouns: consecutive panels with one noun
-    are named together ("Top Hessian eigenvalue and traces of H, G and H_F")."""
+    """What the curvature figure shows, from its panels' captions: consecutive panels "trace of H",
+    "trace of G" are named together ("Top Hessian eigenvalue and traces of H, G and H_F")."""
     groups: list[tuple[str, list[str]]] = []
     for curve in registry.curves("curvature"):
-        noun = curve.noun or curve.label
-        if groups and groups[-1][0] == noun and curve.of:
-            groups[-1][1].append(curve.of)
+        noun, _, of = (curve.caption or curve.label).partition(" of ")
+        if groups and groups[-1][0] == noun and of and groups[-1][1]:
+            groups[-1][1].append(of)
         else:
-            groups.append((noun, [curve.of] if curve.of else []))
+            groups.append((noun, [of] if of else []))
     phrases = [
         (noun + ("s" if len(ofs) > 1 else "")) + (f" of {_join(ofs)}" if ofs else "") for noun, ofs in groups
     ]
