@@ -11,6 +11,7 @@ import dataclasses
 import inspect
 import io
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -411,6 +412,12 @@ def test_a_metric_module_in_the_package_is_registered_on_discovery(tmp_path, mon
         if "grad_norm_sq" in registry.names():
             registry.unregister("grad_norm_sq")
         sys.modules.pop("landscape.metrics.zz_plugin_copy", None)
+
+
+def test_readme_table_lists_every_metric():
+    text = (ROOT / "README.md").read_text()
+    table = text[text.index("| metric | what | how |") :].split("\n\n")[0]
+    assert re.findall(r"^\| `([a-z_]+)` \|", table, re.M) == list(registry.names())
 
 
 def test_analyze_help_lists_the_registry(capsys):
