@@ -20,7 +20,7 @@ from dataclasses import fields
 from typing import Any, overload
 
 from landscape.errors import UserError
-from landscape.metrics.base import Column, Curve, Headline, Metric, Settings, Status, Values
+from landscape.metrics.base import Column, Curve, Diagnostic, Headline, Metric, Settings, Status, Values
 
 __all__ = [
     "LiveNames",
@@ -229,16 +229,19 @@ def diagnostic_metrics() -> tuple[Metric, ...]:
     return tuple(m for m in metrics() if m.diagnostic is not None)
 
 
+def _diagnostics() -> list[Diagnostic]:
+    return [m.diagnostic for m in metrics() if m.diagnostic is not None]
+
+
 def diagnostic_keys() -> tuple[str, ...]:
     """The keys they add to a diagnostic record of ``metrics.jsonl``, in order."""
-    return _unique(k for m in diagnostic_metrics() for k in m.diagnostic.keys)  # type: ignore[union-attr]
+    return _unique(k for d in _diagnostics() for k in d.keys)
 
 
 def _merge_budgets(chosen: Sequence[Metric]) -> dict[str, Any]:
     budget: dict[str, Any] = {}
     for metric in chosen:
-        assert metric.diagnostic is not None
-        for key, value in metric.diagnostic.budget.items():
+        for key, value in metric.diagnostic.budget.items() if metric.diagnostic else ():
             if key in budget and budget[key] != value:
                 raise ValueError(
                     f"diagnostic budgets disagree on {key}: {budget[key]!r} and {value!r} ({metric.name})"
@@ -254,7 +257,7 @@ def diagnostic_budget() -> dict[str, Any]:
 
 def status_items() -> tuple[Status, ...]:
     """What ``landscape train``'s live status line shows of the last diagnostic record."""
-    return tuple(s for m in diagnostic_metrics() for s in m.diagnostic.status)  # type: ignore[union-attr]
+    return tuple(s for d in _diagnostics() for s in d.status)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ loads no model and measures nothing: a new figure or table goes here (its drawin
 
 Runs are grouped by suite (see :func:`landscape.report.runs.group_runs`); each group gets its
 table, curves, densities, slices and pruning. A rho sweep (Functional-SAM: Singh, Mobahi,
-Agarwala & Dauphin, ICML 2025, Fig. 3) collects runs of the same model, data and number of steps
+Agarwala & Dauphin 2025, arXiv 2502.02407, Fig. 3) collects runs of the same model, data and number of steps
 across groups, plus the runs that enter only the sweep. The vision/language tau contrast (Fig. 2)
 appears when the runs hold both a classifier and a language model.
 """

@@ -5,6 +5,10 @@ eigenvalues and traces in loss units per squared parameter unit; tau is a dimens
 legends name the method of each run, and a y axis switches to a log scale when its values span
 more than a factor of 30 (a symmetric log scale when they also change sign). A method keeps its
 colour in every figure; runs of one method with different rho differ by line style.
+
+The curves over training are the metrics' (:func:`landscape.metrics.curves`): one panel each in the
+curvature figure, one line each in the split figure (the tau split of Functional-SAM: Singh,
+Mobahi, Agarwala & Dauphin 2025, arXiv 2502.02407, Eq. 9, Fig. 2 and Fig. 4).
 """
 
 from __future__ import annotations

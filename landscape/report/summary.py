@@ -6,6 +6,12 @@ the pruning and rho-sweep frames and the tau trajectories: which run is flattest
 dominates the sharpness gradient (tau_logit against tau_func), which run generalises best, whether
 flatness and generalisation went together across the runs, how gracefully each run prunes, the
 best rho of a sweep and the vision/language contrast of Functional-SAM Fig. 2.
+
+"Functional-SAM" here and in the sentences is Singh, Mobahi, Agarwala & Dauphin 2025, "Avoiding
+spurious sharpness minimization broadens applicability of SAM", arXiv 2502.02407 (tau: Eq. 9; its
+Fig. 2 and Fig. 4 show tau over training). Which curvature measures rank the runs, with their
+labels, standard errors and directions, comes from the metric registry
+(:func:`landscape.metrics.flatness_columns`).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The report's tables: the comparison of runs (Functional-SAM Table 4 style), pruning, rho sweep.
+"""The report's tables: the comparison of runs (in the style of Table 4 of Functional-SAM: Singh,
+Mobahi, Agarwala & Dauphin 2025, arXiv 2502.02407), pruning, rho sweep.
 
 Each table is a pandas frame with machine-readable column names (written to CSV at full
 precision) plus a :class:`Table` of display strings (rendered into HTML and Markdown by

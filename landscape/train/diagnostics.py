@@ -21,7 +21,7 @@ Every ``diagnose_every`` steps the training loop records, on a fixed subset of t
   ``cond_A_max`` and ``cond_A_mean`` (the condition numbers of the adapters' A, the paper's
   failure signature when they grow), ``perturbation_norm`` (the realised ``||s E A||`` of the last
   step; 0 for ``lora``) and, for ``efmlora``, ``ema_sharpness_gap`` (``|S_EMA - S_SAM|`` on the
-  diagnostic subset, Theorem 2 of arXiv 2508.00522).
+  diagnostic subset, Theorem 2 of Deng, Zhu, Pang, Yang, Fu & Zhang 2025, arXiv 2508.00522).
 
 For the LoRA methods the trained parameters are the adapters, so the curvature numbers and
 ``weight_norm`` are those of the loss restricted to the adapters.
