@@ -286,11 +286,36 @@ class Problem:
 
     def _check_outputs(self) -> None:
         b = self.batches[0]
-        with torch.no_grad():
-            out = self.outputs(self.params, b.inputs)
-        self.loss_function.check_outputs(out, [batch.targets for batch in self.batches])
-        if not torch.isfinite(out).all():
-            raise UserError("the model produces NaN or infinite outputs on the data")
+        with torch.enable_grad():  # also when built under no_grad: the check needs the graph
+            leaves = {n: p.detach().requires_grad_(True) for n, p in self.params.items()}
+            out = self.outputs(leaves, b.inputs)
+            self.loss_function.check_outputs(out.detach(), [batch.targets for batch in self.batches])
+            if not torch.isfinite(out).all():
+                raise UserError("the model produces NaN or infinite outputs on the data")
+            self._check_dependence(out, leaves)
+
+    def _check_dependence(self, out: Tensor, leaves: dict[str, Tensor]) -> None:
+        """The outputs must depend on every selected parameter (structurally, through autograd):
+        otherwise gradient and curvature are zero there and the products fail."""
+        names = self.param_names
+        if not out.requires_grad:
+            raise UserError(
+                f"the model's outputs do not depend on its parameters ({len(names)} selected): "
+                "the gradient and every curvature of the loss are zero, there is nothing to measure"
+            )
+        grads = torch.autograd.grad(out.sum(), [leaves[n] for n in names], allow_unused=True)
+        unused = [n for n, g in zip(names, grads, strict=True) if g is None]
+        if len(unused) == len(names):
+            raise UserError(
+                f"the model's outputs do not depend on its parameters ({len(names)} selected): "
+                "the gradient and every curvature of the loss are zero, there is nothing to measure"
+            )
+        if unused:
+            shown = ", ".join(unused[:3]) + (f", ... (+{len(unused) - 3} more)" if len(unused) > 3 else "")
+            raise UserError(
+                f"the model's outputs do not depend on {len(unused)} of its parameters ({shown}): "
+                "select the others with --params (comma-separated regular expressions)"
+            )
 
     # ------------------------------------------------------------------------------ function
     def outputs(self, params: dict[str, Tensor], inputs: Any) -> Tensor:
