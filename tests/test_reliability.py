@@ -364,6 +364,23 @@ def test_debris_of_a_writer_killed_mid_write_goes_on_the_next_run(tmp_path):
     assert (out / ".hidden-notes").read_text() == "mine"
 
 
+def test_a_writer_in_a_held_folder_keeps_its_temporary_files(tmp_path):
+    """prune-eval writes beside a checkpoint by default: holding a run's checkpoints/ while the
+    run trains must not remove the checkpoint the trainer is writing."""
+    checkpoints = tmp_path / "run" / runs.CHECKPOINT_DIR
+    checkpoints.mkdir(parents=True)
+    partial = checkpoints / ".step-5.pt.abcd1234.tmp"
+    assert runs.is_debris(partial.name)
+    with held_by_another_process(tmp_path / "run"):
+        partial.write_text("being written")  # by the run's writer, the holder
+        with runs.locked_output_dir(checkpoints):
+            pass
+        assert partial.exists()
+    with runs.locked_output_dir(checkpoints):  # nobody writes the run now: it is debris
+        pass
+    assert not partial.exists()
+
+
 def test_a_new_analysis_replaces_the_previous_set(tmp_path):
     from helpers import tiny_case
     from landscape.analysis import analyze

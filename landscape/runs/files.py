@@ -236,8 +236,26 @@ def _acquire(folder: Path) -> tuple[Path, bool]:
         _remove_if_empty(created)
         raise
     _HELD[key] = [fd, 1, created]
-    remove_debris(folder)
+    if not _held_elsewhere(folder.parent):  # its writer may be mid-write in here (a run's checkpoints/)
+        remove_debris(folder)
     return key, True
+
+
+def _held_elsewhere(folder: Path) -> bool:
+    """Whether another process holds ``folder`` (its lock file is locked, and not by us)."""
+    if folder.resolve() in _HELD:
+        return False
+    try:
+        fd = os.open(folder / LOCK_FILE, os.O_RDONLY)
+    except OSError:
+        return False  # no lock file: nobody holds it
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing lets go of a shared lock taken just to look
+    return False
 
 
 def _release(key: Path, folder: Path) -> None:
@@ -273,7 +291,8 @@ def locked_output_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
 
     Another process holding it: ``UserError("<path> is in use by process N")`` before anything
     is written. On entry, staging folders and temporary files a killed writer left are removed
-    (:func:`remove_debris`); on exit the lock file goes, and so do the folders this call
+    (:func:`remove_debris`; not while another process holds the folder above, whose writer may
+    be writing in this one: a run's ``checkpoints/``); on exit the lock file goes, and so do the folders this call
     created if nothing was written in them (a failed first write leaves no empty folder). The
     same process may hold a folder again (nested calls). Under ``torchrun`` rank 0 holds the
     folder and the other ranks only learn whether it could (every rank must call this).
