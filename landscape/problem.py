@@ -295,27 +295,21 @@ class Problem:
             self._check_dependence(out, leaves)
 
     def _check_dependence(self, out: Tensor, leaves: dict[str, Tensor]) -> None:
-        """The outputs must depend on every selected parameter (structurally, through autograd):
-        otherwise gradient and curvature are zero there and the products fail."""
+        """Outputs that depend on none of the selected parameters (structurally, through autograd)
+        have no gradient and no curvature: ``UserError``. Parameters the outputs do not depend on
+        are listed in ``unused_params`` (loss values and slices are fine; derivatives need them
+        left out with ``params``)."""
         names = self.param_names
-        if not out.requires_grad:
-            raise UserError(
-                f"the model's outputs do not depend on its parameters ({len(names)} selected): "
-                "the gradient and every curvature of the loss are zero, there is nothing to measure"
-            )
-        grads = torch.autograd.grad(out.sum(), [leaves[n] for n in names], allow_unused=True)
-        unused = [n for n, g in zip(names, grads, strict=True) if g is None]
+        unused = list(names)
+        if out.requires_grad:
+            grads = torch.autograd.grad(out.sum(), [leaves[n] for n in names], allow_unused=True)
+            unused = [n for n, g in zip(names, grads, strict=True) if g is None]
         if len(unused) == len(names):
             raise UserError(
                 f"the model's outputs do not depend on its parameters ({len(names)} selected): "
                 "the gradient and every curvature of the loss are zero, there is nothing to measure"
             )
-        if unused:
-            shown = ", ".join(unused[:3]) + (f", ... (+{len(unused) - 3} more)" if len(unused) > 3 else "")
-            raise UserError(
-                f"the model's outputs do not depend on {len(unused)} of its parameters ({shown}): "
-                "select the others with --params (comma-separated regular expressions)"
-            )
+        self.unused_params = unused
 
     # ------------------------------------------------------------------------------ function
     def outputs(self, params: dict[str, Tensor], inputs: Any) -> Tensor:
