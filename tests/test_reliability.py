@@ -199,6 +199,39 @@ def test_the_lock_is_reentrant_and_a_failed_first_write_leaves_no_folder(tmp_pat
     assert existing.is_dir()  # not ours to remove
 
 
+def test_a_suite_whose_first_run_fails_before_it_began_leaves_no_folder(tmp_path, capsys, monkeypatch):
+    (tmp_path / "once_models.py").write_text(
+        "import torch\n"
+        "from landscape.errors import UserError\n"
+        "class Once(torch.nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.linear = torch.nn.Linear(64, 10)\n"
+        "        self.calls = 0\n"
+        "    def forward(self, x):\n"
+        "        self.calls += 1\n"
+        "        if self.calls > 1:\n"
+        "            raise UserError('this model only runs once')\n"
+        "        return self.linear(x)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "a" / "suite"
+    args = [
+        "train",
+        "--model",
+        "once_models:Once",
+        "--data",
+        "digits",
+        "--method",
+        "adamw",
+        "--method",
+        "sam",
+    ]
+    err = one_line_error(*cli([*args, "--out", out], capsys)[::2])
+    assert err == "error: this model only runs once\n"
+    assert not (tmp_path / "a").exists()
+
+
 def _locked_worker(rank: int, store: str, folder: str) -> None:
     dist.init_process_group(
         "gloo",
