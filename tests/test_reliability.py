@@ -466,6 +466,15 @@ def test_a_new_report_replaces_the_previous_set_and_leaves_other_files(tmp_path)
     )
 
 
+def test_the_committed_demo_report_is_exactly_the_reports_own_files():
+    """Every file `landscape demo` wrote into reports/demo (rho sweep and vision/language contrast
+    included) is one the report owns; the screenshot beside it is not."""
+    demo = Path(__file__).resolve().parents[1] / "reports" / "demo"
+    names = sorted(p.name for p in demo.iterdir() if p.is_file())
+    assert {runs.REPORT_HTML, runs.REPORT_MARKDOWN, "tau-vision-vs-language.png"} <= set(names)
+    assert [n for n in names if not runs.report_output(n)] == ["screenshot.png"]
+
+
 @pytest.mark.parametrize(
     ("owned", "ours", "theirs"),
     [
