@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import functools
+import inspect
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
 
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -51,3 +55,30 @@ def leader_process() -> bool:
     from landscape.distributed import init_from_env, rank
 
     return not init_from_env() or rank() == 0
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def holds_output(folder: Callable[[Mapping[str, Any]], Path]) -> Callable[[F], F]:
+    """Decorate a command that writes one output folder (``folder`` computes it from the command's
+    arguments): it joins ``torchrun``'s process group first, so that only rank 0 takes the
+    folder, then holds it for the whole command (:func:`landscape.runs.locked_output_dir`: a
+    second writer stops at once with ``<folder> is in use by process N``)."""
+
+    def decorate(command: F) -> F:
+        signature = inspect.signature(command)
+
+        @functools.wraps(command)
+        def held(*args: Any, **kwargs: Any) -> Any:
+            from landscape.runs import locked_output_dir
+
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            leader_process()
+            with locked_output_dir(folder(bound.arguments)):
+                return command(*args, **kwargs)
+
+        return held  # type: ignore[return-value]
+
+    return decorate

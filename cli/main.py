@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -9,10 +10,17 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from cli.console import err_console, leader_process, out_console, set_threads, stage_progress
+from cli.console import (
+    err_console,
+    holds_output,
+    leader_process,
+    out_console,
+    set_threads,
+    stage_progress,
+)
 from cli.report import demo, report
 from cli.train import prune_eval, train
-from landscape.errors import UserError, one_line
+from landscape.errors import UserError, one_line, write_error
 from landscape.metrics import names as metric_names  # the declarations only: no torch here
 
 app = typer.Typer(
@@ -54,6 +62,7 @@ def summary_table(result: Any) -> Table:
 
 
 @app.command()
+@holds_output(lambda args: args["out"])
 def analyze(
     checkpoint: Annotated[
         Path | None,
@@ -165,6 +174,7 @@ def analyze(
 
 
 @app.command()
+@holds_output(lambda args: args["out"])
 def surface(
     checkpoint: Annotated[Path | None, typer.Argument(help="checkpoint at the centre of the slices")] = None,
     model: Annotated[str | None, typer.Option(help="built-in or package.module:factory")] = None,
@@ -270,6 +280,15 @@ def _error_line(message: str) -> None:
     sys.stderr.flush()
 
 
+def _environment_error(exc: BaseException) -> UserError | None:
+    """A full disk (``ENOSPC``/``EDQUOT``, or torch.save's short write) as one line, else ``None``."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return write_error(exc, exc.filename or Path.cwd())
+    if isinstance(exc, RuntimeError) and "unexpected pos" in str(exc):
+        return write_error(exc, Path.cwd())
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: one-line errors and a non-zero exit for bad input; tracebacks with --debug."""
     args = sys.argv[1:] if argv is None else argv
@@ -293,6 +312,12 @@ def main(argv: list[str] | None = None) -> int:
         if type(exc).__name__ == "Abort":
             err_console.print("aborted", markup=False)
             return 130
+        environment = _environment_error(exc)
+        if environment is not None:  # a full disk a writer did not name
+            _error_line(str(environment))
+            if debug:
+                raise
+            return 1
         # a bug or an error from user code: one line unless --debug
         if debug:
             raise

@@ -25,7 +25,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from cli.console import err_console, leader_process, out_console, set_threads
+from cli.console import err_console, holds_output, leader_process, out_console, set_threads
 from landscape.errors import UserError
 from landscape.optim.options import Option
 from landscape.optim.rules import RULES, run_options  # the specs only: no torch here
@@ -410,6 +410,7 @@ def train(
     out_console.print(f"wrote {where}", markup=False, highlight=False, soft_wrap=True)
 
 
+@holds_output(lambda args: args["out"] or args["checkpoint"].parent)
 def prune_eval(
     checkpoint: Annotated[Path, typer.Argument(help="a run's final.pt / step checkpoint, or any state dict")],
     sparsity: Annotated[

@@ -286,11 +286,30 @@ class Problem:
 
     def _check_outputs(self) -> None:
         b = self.batches[0]
-        with torch.no_grad():
-            out = self.outputs(self.params, b.inputs)
-        self.loss_function.check_outputs(out, [batch.targets for batch in self.batches])
-        if not torch.isfinite(out).all():
-            raise UserError("the model produces NaN or infinite outputs on the data")
+        with torch.enable_grad():  # also when built under no_grad: the check needs the graph
+            leaves = {n: p.detach().requires_grad_(True) for n, p in self.params.items()}
+            out = self.outputs(leaves, b.inputs)
+            self.loss_function.check_outputs(out.detach(), [batch.targets for batch in self.batches])
+            if not torch.isfinite(out).all():
+                raise UserError("the model produces NaN or infinite outputs on the data")
+            self._check_dependence(out, leaves)
+
+    def _check_dependence(self, out: Tensor, leaves: dict[str, Tensor]) -> None:
+        """Outputs that depend on none of the selected parameters (structurally, through autograd)
+        have no gradient and no curvature: ``UserError``. Parameters the outputs do not depend on
+        are listed in ``unused_params`` (loss values and slices are fine; derivatives need them
+        left out with ``params``)."""
+        names = self.param_names
+        unused = list(names)
+        if out.requires_grad:
+            grads = torch.autograd.grad(out.sum(), [leaves[n] for n in names], allow_unused=True)
+            unused = [n for n, g in zip(names, grads, strict=True) if g is None]
+        if len(unused) == len(names):
+            raise UserError(
+                f"the model's outputs do not depend on its parameters ({len(names)} selected): "
+                "the gradient and every curvature of the loss are zero, there is nothing to measure"
+            )
+        self.unused_params = unused
 
     # ------------------------------------------------------------------------------ function
     def outputs(self, params: dict[str, Tensor], inputs: Any) -> Tensor:

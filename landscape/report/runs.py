@@ -154,7 +154,10 @@ def load_run(run_dir: Path, group: str | None = None) -> RunData:
             f"{run_dir} is not a run folder (no {run_files.CONFIG_FILE}; a suite folder has {run_files.SUITE_FILE})"
         )
     config = run_files.read_config(run_dir)
-    if not (run_dir / run_files.FINAL_FILE).is_file():
+    final = run_dir / run_files.FINAL_FILE
+    if final.exists() and not final.is_file():
+        raise UserError(f"{final} is not a file (a folder or a special file has its name)")
+    if not final.is_file():
         raise UserError(
             f"run {run_dir} has not finished (no final.pt): continue it with landscape train --resume {run_dir}"
         )
