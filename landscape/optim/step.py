@@ -243,13 +243,19 @@ class Step:
 
     def micro_batch(self, start: int, stop: int) -> Step:
         """This call restricted to samples ``start:stop`` of the batch."""
+        inputs, targets, loss = self.inputs, self.targets, self.loss
+        if self._first is not None:
+            # a closure's discovery pass is not reused by micro-batches: replay its RNG instead,
+            # so that they draw the dropout masks a batch call would
+            self._first.forward_rng.restore()
+            self._first = None
         return Step(
             self.model,
             self.named,
             self.optimizer,
-            inputs=slice_batch(self.inputs, start, stop),
-            targets=slice_batch(self.targets, start, stop),
-            loss=self.loss,
+            inputs=slice_batch(inputs, start, stop),
+            targets=slice_batch(targets, start, stop),
+            loss=loss,
             rule=self._rule,
         )
 
