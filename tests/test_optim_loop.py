@@ -338,3 +338,60 @@ def test_hugging_face_batches_with_labels_use_the_models_own_loss(rule):
         assert grads[form][0] == pytest.approx(grads["batch"][0], rel=1e-6)
         for a, b in zip(grads[form][1], grads["batch"][1], strict=True):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+# ---------------------------------------------------------------------------- AMP, compile
+@pytest.mark.parametrize("rule", ["sam", "func-sam", "logit-sam", "rwsam", "msam"])
+def test_grad_scaler_and_autocast_take_the_rules_gradient(rule):
+    """``compute_gradient(closure)`` with ``scaler.scale(loss).backward()`` in the closure, then
+    ``scaler.step(opt)``: the same steps as without a scaler (scaling by 2^k is exact)."""
+    x, y = (t.float() if t.is_floating_point() else t for t in batches(1)[0])
+    params = {}
+    for scaled in (True, False):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 3))
+        opt = SharpnessAwareOptimizer(
+            model, "adamw", rule=make_rule(rule, **({"m": 4} if rule == "msam" else {})), lr=0.1
+        )
+        scaler = torch.amp.GradScaler("cpu", init_scale=1024.0, enabled=scaled)
+
+        def closure() -> Tensor:
+            opt.zero_grad()
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                out = model(x)
+                loss = opt.loss(out, y) if rule in ("rwsam", "msam") else F.cross_entropy(out, y)
+            scaler.scale(loss).backward()
+            return loss
+
+        for _ in range(2):
+            opt.compute_gradient(closure)
+            scaler.step(opt)
+            scaler.update()
+        params[scaled] = [p.detach().clone() for p in model.parameters()]
+    for a, b in zip(params[True], params[False], strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.slow
+def test_compiled_models_train_with_every_kind_of_rule():
+    x, y = (t.float() if t.is_floating_point() else t for t in batches(1)[0])
+    for rule in ("func-sam", "rwsam"):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 3))
+        twin = copy.deepcopy(model)
+        compiled = torch.compile(model)
+        opt = SharpnessAwareOptimizer(compiled, "adamw", rule=rule, lr=0.1)
+        reference = SharpnessAwareOptimizer(twin, "adamw", rule=rule, lr=0.1)
+
+        def closure() -> Tensor:
+            opt.zero_grad()
+            loss = opt.loss(compiled(x), y)
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        opt.step(inputs=x, targets=y)
+        reference.step(inputs=x, targets=y)
+        reference.step(inputs=x, targets=y)
+        for p, q in zip(model.parameters(), twin.parameters(), strict=True):
+            torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)

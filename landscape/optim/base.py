@@ -159,6 +159,9 @@ class GradientRule:
         self._begin_data_parallel(count)
         try:
             value = self._compute(step)
+            if step.grad_scale != 1.0:  # a GradScaler's scale, which the rule's own passes lacked
+                grads = [p.grad for p in step.params if p.grad is not None]
+                torch._foreach_mul_(grads, step.grad_scale)
             value = self.parallel.finish(step.params, value)
         finally:
             self.parallel.end()

@@ -22,6 +22,7 @@ when the closure computes its loss with the optimizer's criterion or a Hugging F
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -165,6 +166,8 @@ class Step:
         self._first: CapturedPass | None = None  # the discovery pass, reused by the first outputs()
         self._closure_rng: RngState | None = None  # the RNG before the discovery pass's closure call
         self._depth = 0  # > 0 inside perturbed()
+        self.grad_scale = 1.0
+        """Factor for the rule's final gradient: a scaled closure's scale when the rule ran unscaled."""
         if closure is not None:
             self._oracle = closure_oracle(closure, self.params)
         else:
@@ -216,7 +219,15 @@ class Step:
             surrogate.register(first)
             self._loss = surrogate
             return
-        _check_unscaled(first, self._rule)
+        scale = closure_scale(first)
+        if scale != 1.0 and not self._needs_targets:
+            # a scaled closure (GradScaler): the surrogate keeps its scale in every pass
+            surrogate = ClosureLoss(self._rule)
+            surrogate.register(first)
+            self._loss = surrogate
+            return
+        # the rule runs on the batch (unscaled); the result gets the closure's scale back
+        self.grad_scale = scale
         self._inputs, self._targets, self._loss = first.inputs, first.targets, first.loss
         self._oracle = model_oracle(self.model, self.params, self._inputs, self._targets, self._loss)
 
@@ -290,17 +301,20 @@ class Step:
             restore_(params, saved)
 
 
-def _check_unscaled(first: CapturedPass, rule: str) -> None:
-    """A rule that recomputes the loss from the targets must not meet a scaled closure loss
-    (``GradScaler``): its gradient would be unscaled once too often."""
+def closure_scale(first: CapturedPass) -> float:
+    """The factor by which the closure scaled its backward (``GradScaler``: ``scaler.scale(loss)``),
+    measured as ``<r_seen, r> / <r, r>`` with r the loss's own output gradient; snapped to the
+    nearest power of two (what ``GradScaler`` uses) when within 1e-3 of it."""
     if first.residual is None or first.loss is None:
-        return
+        return 1.0
     own = first.loss.output_gradient(first.outputs.detach(), first.targets)
     seen = first.residual.to(own.dtype)
-    scale = float((seen * own).sum() / (own * own).sum().clamp_min(torch.finfo(own.dtype).tiny))
-    if abs(scale - 1.0) > 1e-2 and float(own.abs().max()) > 0:
-        raise UserError(
-            f"rule {rule!r} recomputes the loss from the targets, but the closure's backward was "
-            f"scaled (x{scale:.3g}, a GradScaler?): with fp16 use step(inputs=..., targets=...) "
-            "and no scaler, or bf16 autocast"
-        )
+    norm = float((own * own).sum())
+    if norm == 0.0:
+        return 1.0
+    scale = float((seen * own).sum()) / norm
+    if scale > 0:
+        power = 2.0 ** round(math.log2(scale))
+        if abs(scale / power - 1.0) < 1e-3:
+            return power
+    return scale
