@@ -11,8 +11,9 @@ once, so gradients and curvature products are exact full-data quantities that do
 how the data is chunked (``batch_size`` only bounds memory).
 
 The model runs through ``torch.func.functional_call`` with the selected parameters passed in
-explicitly, in eval mode (dropout off, BatchNorm running statistics), so the same problem object
-serves reverse-mode, forward-mode and double-backward differentiation.
+explicitly, in eval mode (dropout off, BatchNorm running statistics; switched on for each call and
+back to the caller's modes after it), so the same problem object serves reverse-mode, forward-mode
+and double-backward differentiation.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from landscape import distributed as _dist
 from landscape.errors import UserError
 from landscape.losses import IGNORE_INDEX, LOSSES, Loss, LossLike, as_loss, loss_name
 from landscape.models import unwrap_output
+from landscape.preserve import eval_mode
 
 __all__ = [
     "IGNORE_INDEX",
@@ -167,7 +169,8 @@ class Problem:
     """Model + loss + data, with the parameters as explicit function arguments.
 
     Args:
-        model: any ``nn.Module``; it is put in eval mode (dropout off, BatchNorm running stats).
+        model: any ``nn.Module``; it runs in eval mode (dropout off, BatchNorm running stats) for
+            each evaluation, and its own modes, flags and parameters are left as they are.
         data: ``(x, y)`` tensors, an object with ``.x``/``.y``, a ``Dataset`` or an iterable of
             ``(x, y)`` batches (e.g. a ``DataLoader``). ``x`` may be a dict of tensors (keyword inputs).
         loss: a name of :data:`landscape.losses.LOSSES` (``"cross_entropy"``, ``"mse"``, ``"bce"``,
@@ -209,8 +212,7 @@ class Problem:
         if batch_size is not None and batch_size < 1:
             raise UserError(f"batch size must be positive, got {batch_size}")
         self.model = model
-        self.was_training = model.training
-        model.eval()
+        self.was_training = model.training  # the model's modes are untouched: outputs() runs in eval mode
         # a plain name is kept (reports show it); anything else is the loss object itself
         self.loss: str | Loss = loss if isinstance(loss, str) and loss != "model" else self.loss_function
         first = next(iter(model.parameters()), None)
@@ -241,7 +243,8 @@ class Problem:
         self.num_params = self.offsets[-1]
         self.batches = self._make_batches(data, batch_size)
         counts = torch.tensor(
-            [sum(b.count for b in self.batches), sum(b.num_samples for b in self.batches)], dtype=torch.float64
+            [sum(b.count for b in self.batches), sum(b.num_samples for b in self.batches)],
+            dtype=torch.float64,
         )
         self.local_num_targets, self.local_num_samples = _whole(counts[0]), int(counts[1])
         self.all_reduce_(counts)
@@ -316,7 +319,8 @@ class Problem:
         state = {**self.fixed, **params}
         # The fused CPU SDPA kernels (Hugging Face's default attention) have neither double-backward
         # nor forward-mode derivatives; the math path computes the same attention and has both.
-        with _math_attention():
+        # Eval mode for the call only: the caller's model keeps its own modes.
+        with _math_attention(), eval_mode(self.model):
             if isinstance(inputs, dict):
                 out = torch.func.functional_call(self.model, state, (), inputs)
             else:
