@@ -44,7 +44,7 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'landscape' has no attribute {name!r}")
 
 
-__version__ = "0.1.0"
+from landscape.provenance import __version__ as __version__  # noqa: E402  (one home: the installed metadata)
 
 __all__ = [
     "AnalysisResult",

@@ -59,11 +59,18 @@ else has a generic default that is exact for any loss that is a sum over targets
 :meth:`Loss.terms` evaluates the loss sample by sample. A closed form (as cross-entropy's) replaces
 a default where it saves a pass.
 
-This module sits on the lowest floor: it imports torch and :mod:`landscape.errors` only.
+A string that is not a name but an import path (``package.module:callable``, ``file.py:fn``;
+:func:`is_import_path`) names code: :func:`imported_loss` imports it once. Files never choose
+code to run: callers that read a spec from a checkpoint or a ``config.json`` check it with
+:mod:`landscape.trust` first, as for model and data specs.
+
+This module sits on the inputs floor: it imports torch, :mod:`landscape.errors` and (for import
+paths) :mod:`landscape.models.zoo`.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeAlias
@@ -90,6 +97,8 @@ __all__ = [
     "SampleTerms",
     "as_loss",
     "batch_size",
+    "imported_loss",
+    "is_import_path",
     "loss_name",
 ]
 
@@ -826,15 +835,42 @@ def as_loss(loss: LossLike, *, model: nn.Module | None = None) -> Loss:
     if isinstance(loss, str):
         if loss == "model":
             return ModelLoss(model)
-        if loss not in LOSSES:
-            names = ", ".join(repr(n) for n in LOSSES)
-            raise ValueError(f"unknown loss {loss!r}; use {names}, a torch.nn loss module or a callable")
-        return LOSSES[loss]()
+        if loss in LOSSES:
+            return LOSSES[loss]()
+        if is_import_path(loss):
+            return as_loss(imported_loss(loss.strip()), model=model)
+        names = ", ".join(repr(n) for n in LOSSES)
+        raise ValueError(
+            f"unknown loss {loss!r}; use {names}, an import path module:callable, a torch.nn loss module or a callable"
+        )
     if isinstance(loss, nn.Module):
         return _from_module(loss)
     if callable(loss):
         return CallableLoss(loss)
     raise TypeError(f"loss_fn must be a name or a callable, got {type(loss).__name__}")
+
+
+def is_import_path(spec: str) -> bool:
+    """Whether a loss spec names code to import (``package.module:callable``, ``file.py:fn``):
+    not a built-in name, and with a ``:`` or a ``.`` (the rule of :mod:`landscape.trust`)."""
+    spec = spec.strip()
+    return spec not in LOSSES and (":" in spec or "." in spec)
+
+
+@functools.lru_cache(maxsize=32)
+def imported_loss(spec: str) -> Any:
+    """The object an import-path loss spec names, imported once: a function ``(outputs, targets)
+    -> mean loss``, a ``torch.nn`` loss module, a :class:`Loss`, or a class of either (built with
+    no arguments). Import paths are code: the callers that read specs from files check them with
+    :mod:`landscape.trust` first."""
+    from landscape.models.zoo import resolve_import_path
+
+    found = resolve_import_path(spec, "loss")
+    if isinstance(found, type) and issubclass(found, (nn.Module, Loss)):
+        found = found()
+    if not callable(found):
+        raise UserError(f"loss '{spec}' is a {type(found).__name__}, not a loss or a callable")
+    return found
 
 
 def loss_name(loss: LossLike) -> str:

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from landscape import distributed as _dist
 from landscape.errors import UserError
-from landscape.losses import IGNORE_INDEX, LOSSES, Loss, LossLike, as_loss, loss_name
+from landscape.losses import IGNORE_INDEX, LOSSES, Loss, LossLike, as_loss, is_import_path, loss_name
 from landscape.models import unwrap_output
 from landscape.preserve import eval_mode
 
@@ -74,8 +74,10 @@ def named_loss(loss: LossLike, model: nn.Module | None = None) -> Loss:
     a ``torch.nn`` loss module or a callable; an unknown name is a ``UserError``."""
     if isinstance(loss, Loss):
         return loss
-    if isinstance(loss, str) and loss not in LOSSES:
-        raise UserError(f"unknown loss '{loss}' (choose from {', '.join(LOSSES)})")
+    if isinstance(loss, str) and loss not in LOSSES and not is_import_path(loss):
+        raise UserError(
+            f"unknown loss '{loss}' (choose from {', '.join(LOSSES)}, or an import path module:callable)"
+        )
     try:
         return as_loss(loss, model=model)
     except (ValueError, TypeError) as exc:

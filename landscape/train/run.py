@@ -21,8 +21,9 @@ from typing import Any
 
 from landscape import runs
 from landscape.errors import UserError
+from landscape.provenance import provenance
 from landscape.train import ranks
-from landscape.train.config import RunConfig
+from landscape.train.config import PROVENANCE_KEY, RunConfig
 from landscape.train.final import RunSummary, finish_run
 from landscape.train.interrupt import StopRequest, TrainingInterrupted
 from landscape.train.loop import ProgressCallback, TrainProgress, train_steps
@@ -134,7 +135,8 @@ def _start(run: PreparedRun, run_dir: Path, resume: bool) -> tuple[int, list[flo
     step, the pending batch losses, the training seconds so far and whether the folder was created."""
     found = runs.latest_checkpoint(run_dir) if resume else None
     if found is None:
-        created = runs.start_run(run_dir, run.config.to_dict()) if ranks.is_leader() else False
+        written = run.config.to_dict() | {PROVENANCE_KEY: provenance()}  # what made the run
+        created = runs.start_run(run_dir, written) if ranks.is_leader() else False
         return 0, [], 0.0, created
     state = runs.load_run_checkpoint(found[1])
     if state["config"] != runs.jsonable(run.config.checkpoint_config()):
