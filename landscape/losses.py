@@ -167,11 +167,11 @@ class Loss:
 
     # ------------------------------------------------------------------ engine: data checks
     def prepare_targets(self, targets: Tensor, dtype: torch.dtype) -> Tensor:
-        """The targets as the loss reads them: values in the compute ``dtype``, all finite."""
-        y = targets.to(dtype)
-        if not torch.isfinite(y).all():
-            raise UserError("the targets contain NaN or infinite values")
-        return y
+        """The targets as the loss reads them: float targets in the compute ``dtype`` and finite;
+        integer targets (class ids for a callable) as they are."""
+        if not targets.is_floating_point():
+            return targets
+        return _float_targets(targets, dtype)
 
     def check_outputs(self, outputs: Tensor, targets: Sequence[Tensor]) -> None:
         """Raise ``UserError`` when the model's ``outputs`` on the first chunk do not fit the
@@ -225,6 +225,14 @@ class Loss:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
+
+
+def _float_targets(targets: Tensor, dtype: torch.dtype) -> Tensor:
+    """Targets as values in ``dtype``, all finite (regression-type losses)."""
+    y = targets.to(dtype)
+    if not torch.isfinite(y).all():
+        raise UserError("the targets contain NaN or infinite values")
+    return y
 
 
 def _device(batch: Any) -> torch.device | None:
@@ -498,6 +506,10 @@ class MeanSquaredError(Loss):
     def _float64_targets(self, targets: Tensor) -> Tensor:
         return targets.double()
 
+    def prepare_targets(self, targets: Tensor, dtype: torch.dtype) -> Tensor:
+        """Values in the compute ``dtype`` (integer targets converted), all finite."""
+        return _float_targets(targets, dtype)
+
     def check_outputs(self, outputs: Tensor, targets: Sequence[Tensor]) -> None:
         """As many outputs as target elements."""
         _check_elementwise(self.name, outputs, targets)
@@ -574,7 +586,7 @@ class BinaryCrossEntropy(Loss):
 
     def prepare_targets(self, targets: Tensor, dtype: torch.dtype) -> Tensor:
         """Float targets in [0, 1]."""
-        y = super().prepare_targets(targets, dtype)
+        y = _float_targets(targets, dtype)
         if y.numel() and (float(y.min()) < 0.0 or float(y.max()) > 1.0):
             raise UserError("bce targets must lie in [0, 1]")
         return y
@@ -609,6 +621,10 @@ class ElementwiseLoss(Loss):
     def count(self, targets: Tensor) -> int:
         """Every element of the targets."""
         return int(targets.numel())
+
+    def prepare_targets(self, targets: Tensor, dtype: torch.dtype) -> Tensor:
+        """Values in the compute ``dtype``, all finite."""
+        return _float_targets(targets, dtype)
 
     def mean(self, outputs: Tensor, targets: Tensor) -> Tensor:
         """The module itself."""
