@@ -114,7 +114,10 @@ def test_loss_option_takes_names_and_import_paths(tmp_path, capsys, monkeypatch)
     assert main(["analyze", "--model", "mlp", "--loss", "myloss.py:smooth", "--out", "a", *FAST]) == 0
     context = json.loads((tmp_path / "a" / "analysis.json").read_text())["context"]
     assert context["loss"] == "myloss.py:smooth"
-    assert main(["analyze", "--model", "mlp", "--loss", "nll", "--out", "b", *FAST[:-2], "--metrics", "ggn"]) == 0
+    assert (
+        main(["analyze", "--model", "mlp", "--loss", "nll", "--out", "b", *FAST[:-2], "--metrics", "ggn"])
+        == 0
+    )
     result = json.loads((tmp_path / "b" / "analysis.json").read_text())
     assert result["ggn_trace"] == 0  # nll is linear in the outputs: G = 0
     capsys.readouterr()
