@@ -395,3 +395,67 @@ def test_compiled_models_train_with_every_kind_of_rule():
         reference.step(inputs=x, targets=y)
         for p, q in zip(model.parameters(), twin.parameters(), strict=True):
             torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+class SharpnessTrainer(transformers.Trainer):
+    """The documented ``training_step`` override (docs/optimizers.md)."""
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        model.train()
+        inputs = self._prepare_inputs(inputs)
+        opt = getattr(self.optimizer, "optimizer", self.optimizer)  # accelerate wraps it
+        return opt.compute_gradient(inputs=inputs)  # labels in the batch: the model's own loss
+
+
+class ClosureTrainer(transformers.Trainer):
+    """The documented fp16-ready override: a closure through the accelerator's backward."""
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        model.train()
+        inputs = self._prepare_inputs(inputs)
+        opt = getattr(self.optimizer, "optimizer", self.optimizer)
+
+        def closure():
+            loss = model(**inputs).loss
+            self.accelerator.backward(loss)
+            return loss.detach()
+
+        return opt.compute_gradient(closure)
+
+
+@pytest.mark.parametrize("trainer_class", [SharpnessTrainer, ClosureTrainer])
+def test_a_hugging_face_trainer_trains_with_a_rule(tmp_path, trainer_class):
+    """The Trainer clips between the rule's gradient and the base step, and its LR schedule writes
+    into the base optimizer's groups; without the override it gets our one-line error."""
+    gen = torch.Generator().manual_seed(0)
+    data = []
+    for _ in range(8):
+        ids = torch.randint(0, 13, (6,), generator=gen)
+        data.append({"input_ids": ids, "labels": ids})
+    model = tiny_gpt2().float()
+    opt = SharpnessAwareOptimizer(model, "adamw", rule="func-sam", lr=1e-3)
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path),
+        max_steps=2,
+        per_device_train_batch_size=4,
+        report_to=[],
+        use_cpu=True,
+        logging_steps=1,
+        save_strategy="no",
+        max_grad_norm=1.0,
+        disable_tqdm=True,
+    )
+    trainer = trainer_class(model=model, args=args, train_dataset=data, optimizers=(opt, None))
+    trainer.train()
+    assert opt.rule.step == 2
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.0)  # the Trainer's linear schedule, last step
+    logged = [h for h in trainer.state.log_history if "grad_norm" in h]
+    assert len(logged) == 2 and all(h["loss"] > 0 for h in logged)
+    plain = transformers.Trainer(
+        model=model,
+        args=args,
+        train_dataset=data,
+        optimizers=(SharpnessAwareOptimizer(model, "adamw", lr=1e-3), None),
+    )
+    with pytest.raises(UserError, match="compute_gradient"):
+        plain.train()
