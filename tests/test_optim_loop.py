@@ -215,6 +215,9 @@ def test_param_groups_stay_the_base_optimizers_through_load_state_dict():
     assert opt.param_groups is opt.base_optimizer.param_groups and opt.state is opt.base_optimizer.state
     sched.step()
     assert opt.base_optimizer.param_groups[0]["lr"] == pytest.approx(0.05)
+    twin = copy.deepcopy({"model": model, "opt": opt})  # a copy keeps its base optimizer and rule
+    assert twin["opt"].param_groups is twin["opt"].base_optimizer.param_groups
+    assert twin["opt"].param_groups[0]["params"][0] is next(twin["model"].parameters())
 
 
 def test_per_group_options_clipping_and_the_two_phase_step_match_a_hand_written_loop():

@@ -233,6 +233,14 @@ class SharpnessAwareOptimizer(torch.optim.Optimizer):
         self.rule.load_state_dict(state_dict["rule"])
         self._prepared = False
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Everything (torch's own keeps only defaults, state and groups: the base and the rule
+        would be lost in a copy)."""
+        return dict(self.__dict__)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
     def __repr__(self) -> str:
         return f"SharpnessAwareOptimizer(rule={self.rule!r}, base={type(self.base_optimizer).__name__})"
 
