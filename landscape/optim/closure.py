@@ -144,7 +144,10 @@ class ClosureCapture:
         output = _replace(output, outputs, leaf)
         if self._model_loss is not None and hasattr(output, "loss"):
             loss = self._model_loss(leaf, self._labels)
-            output.loss = loss
+            if isinstance(output, Mapping):  # a ModelOutput: item and attribute
+                output["loss"] = loss
+            else:
+                output.loss = loss
             self.note_targets(leaf, self._labels, self._model_loss)
         return output
 
