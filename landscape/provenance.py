@@ -13,6 +13,7 @@ import shlex
 import sys
 from collections.abc import Sequence
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 __all__ = ["PROVENANCE_KEYS", "__version__", "command_line", "provenance", "version_line"]
@@ -35,8 +36,10 @@ PROVENANCE_KEYS = ("landscape_version", "torch_version", "python_version", "comm
 def command_line(argv: Sequence[str] | None = None) -> str:
     """The command line of this process, shell-quoted (``landscape analyze ...`` for the CLI)."""
     args = list(sys.argv if argv is None else argv)
-    if args and args[0].endswith(("landscape", "landscape.exe", "__main__.py", "main.py")):
-        args[0] = "landscape"
+    if args:
+        program = Path(args[0])
+        is_cli = program.stem == "landscape" or program.as_posix().endswith("cli/main.py")
+        args[0] = "landscape" if is_cli else program.name
     return shlex.join(args)
 
 
