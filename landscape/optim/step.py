@@ -175,11 +175,6 @@ class Step:
 
     # ------------------------------------------------------------------ batch, loss, closure
     @property
-    def from_closure(self) -> bool:
-        """Whether this call came with a closure whose batch is not known (yet)."""
-        return self._closure is not None and self._loss is None
-
-    @property
     def loss(self) -> Loss:
         """The batch loss (for a closure: found by its first captured call)."""
         if self._loss is None:
