@@ -12,6 +12,13 @@ from typing import Any, TypeVar
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+LOSS_HELP = (
+    "the loss: cross_entropy, mse, bce (with logits), nll (log-probabilities in), model (a Hugging Face "
+    "model's own loss from its labels), or an import path module:callable naming a function "
+    "(outputs, targets) -> mean loss or a torch.nn loss module [default: the model's]"
+)
+"""``--loss`` of every command (tests check it names every loss of ``landscape.losses.LOSSES``)."""
+
 out_console = Console()
 err_console = Console(stderr=True)  # progress and notes: stdout stays machine-readable (--json)
 

@@ -11,6 +11,7 @@ import typer
 from rich.table import Table
 
 from cli.console import (
+    LOSS_HELP,
     err_console,
     holds_output,
     leader_process,
@@ -75,7 +76,7 @@ def analyze(
         str | None,
         typer.Option(help="built-in (digits, text), a .pt/.npz file with x and y, or module:function"),
     ] = None,
-    loss: Annotated[str | None, typer.Option(help="cross_entropy or mse (default: the model's)")] = None,
+    loss: Annotated[str | None, typer.Option(help=LOSS_HELP)] = None,
     samples: Annotated[int | None, typer.Option(help="use the first N samples (default: all)")] = None,
     batch_size: Annotated[int | None, typer.Option(help="chunk size for products (memory only)")] = None,
     dtype: Annotated[str, typer.Option(help="float32 or float64")] = "float32",
@@ -179,7 +180,7 @@ def surface(
     checkpoint: Annotated[Path | None, typer.Argument(help="checkpoint at the centre of the slices")] = None,
     model: Annotated[str | None, typer.Option(help="built-in or package.module:factory")] = None,
     data: Annotated[str | None, typer.Option(help="built-in, .pt/.npz file or module:function")] = None,
-    loss: Annotated[str | None, typer.Option(help="cross_entropy or mse")] = None,
+    loss: Annotated[str | None, typer.Option(help=LOSS_HELP)] = None,
     samples: Annotated[int | None, typer.Option(help="use the first N samples")] = None,
     kind: Annotated[str, typer.Option(help="1d, 2d or both")] = "both",
     other: Annotated[
@@ -266,6 +267,29 @@ def list_builtin_models() -> None:
     for name, desc in list_data().items():
         table.add_row("data", name, desc)
     out_console.print(table)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from landscape.provenance import version_line
+
+        out_console.print(version_line(), markup=False, highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="print the version of landscape and torch",
+        ),
+    ] = False,
+) -> None:
+    """Loss-landscape diagnostics for PyTorch checkpoints."""
 
 
 app.command(name="train")(train)

@@ -25,7 +25,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from cli.console import err_console, holds_output, leader_process, out_console, set_threads
+from cli.console import LOSS_HELP, err_console, holds_output, leader_process, out_console, set_threads
 from landscape.errors import UserError
 from landscape.optim.options import Option
 from landscape.optim.rules import RULES, run_options  # the specs only: no torch here
@@ -227,7 +227,7 @@ def train(
     eval_fraction: Annotated[
         float | None, typer.Option(help="held-out random part of --data [default: 0.1]")
     ] = None,
-    loss: Annotated[str | None, typer.Option(help="cross_entropy or mse (default: the model's)")] = None,
+    loss: Annotated[str | None, typer.Option(help=LOSS_HELP)] = None,
     seq_len: Annotated[
         int | None, typer.Option(help="sequence length of the text data [default: 64]")
     ] = None,
@@ -422,7 +422,7 @@ def prune_eval(
     data: Annotated[
         str | None, typer.Option(help="evaluation data (default: the run's held-out data)")
     ] = None,
-    loss: Annotated[str | None, typer.Option(help="cross_entropy or mse (default: the model's)")] = None,
+    loss: Annotated[str | None, typer.Option(help=LOSS_HELP)] = None,
     samples: Annotated[int | None, typer.Option(help="evaluate on the first N items")] = None,
     include_all: Annotated[
         bool, typer.Option(help="rank every parameter, biases and norm gains too (default: weights only)")

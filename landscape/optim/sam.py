@@ -26,7 +26,6 @@ class PlainGradient(GradientRule):
     """
 
     cost = "1F+1B"
-    supports_closure = True
 
     def __init__(self, name: str = "sgd", *, seed: int = 0) -> None:
         super().__init__(seed=seed)
@@ -52,7 +51,6 @@ class SAM(PerturbationRule):
 
     name = "sam"
     cost = "2F+2B"
-    supports_closure = True
 
     def _compute(self, step: Step) -> Tensor:
         rng = step.rng_state()
@@ -131,6 +129,7 @@ class MSAM(PerturbationRule):
 
     name = "msam"
     cost = "2F+2B (B/m sequential micro-batches)"
+    needs_targets = True
     local_perturbation = True  # each micro-batch keeps its own e_c, also data-parallel
 
     def __init__(
@@ -206,6 +205,7 @@ class RWSAM(PerturbationRule):
 
     name = "rwsam"
     cost = "2F+2B"
+    needs_targets = True
 
     def __init__(
         self,

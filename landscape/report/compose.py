@@ -29,6 +29,7 @@ import torch
 from landscape import metrics as registry
 from landscape.metrics import tau, trace
 from landscape.metrics.density import DENSITY
+from landscape.provenance import provenance
 from landscape.report.document import (
     Bullets,
     FigureBlock,
@@ -453,7 +454,9 @@ def _provenance(
     everything = [*runs, *sweep_only]
     root = _common_root(everything)
     grid = settings.slice_settings
+    made = provenance()
     lines = [
+        f"Made by landscape {made['landscape_version']}: {made['command']}.",
         f"Report seed {settings.seed} (slice directions, training-data subsets); torch {torch.__version__}, "
         f"{torch.get_num_threads()} thread(s), matplotlib {matplotlib.__version__}, Python "
         f"{platform.python_version()}.",
@@ -502,8 +505,16 @@ def _provenance_row(run: RunData, root: Path | None) -> str:
         f"{run.label} [{run.group}]: {method_label(run.method)}"
         + (f", rho {run.rho:g}" if run.rho is not None else "")
         + f", {c.get('base') or 'own'} base, lr {c.get('lr')}, batch {c.get('batch_size')}, {run.steps} steps, "
-        f"seed {c.get('seed')}; {analysis}; folder {_relative(run.path, root)}"
+        f"seed {c.get('seed')}; {analysis}; {_made_with(c)}folder {_relative(run.path, root)}"
     )
+
+
+def _made_with(config: dict) -> str:
+    """``trained with landscape X, torch Y; `` from a run's recorded provenance (none before it existed)."""
+    made = config.get("provenance")
+    if not isinstance(made, dict):
+        return ""
+    return f"trained with landscape {made.get('landscape_version')}, torch {made.get('torch_version')}; "
 
 
 def _relative(path: Path, root: Path | None) -> str:

@@ -134,6 +134,11 @@ def parse_float_list(text: str | float | None, what: str) -> list[float]:
     return values
 
 
+PROVENANCE_KEY = "provenance"
+"""The key of ``config.json`` that records what made the run (:func:`landscape.provenance.provenance`);
+a ``config.json`` written before it existed has none and loads and resumes as before."""
+
+
 @dataclass
 @_with_method_options
 class RunConfig:
@@ -209,6 +214,8 @@ class RunConfig:
         """Rebuild a config from :meth:`to_dict`'s output; unknown keys raise ``UserError``."""
         if not isinstance(payload, dict):
             raise UserError(f"{where} is not a JSON object")
+        # what made the run (config.json since provenance was recorded): not part of the config
+        payload = {k: v for k, v in payload.items() if k != PROVENANCE_KEY}
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(payload) - known)
         if unknown:

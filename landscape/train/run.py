@@ -21,8 +21,9 @@ from typing import Any
 
 from landscape import runs
 from landscape.errors import UserError
+from landscape.provenance import provenance
 from landscape.train import ranks
-from landscape.train.config import RunConfig
+from landscape.train.config import PROVENANCE_KEY, RunConfig
 from landscape.train.final import RunSummary, finish_run
 from landscape.train.interrupt import StopRequest, TrainingInterrupted
 from landscape.train.loop import ProgressCallback, TrainProgress, train_steps
@@ -156,8 +157,9 @@ def _start(run: PreparedRun, run_dir: Path, resume: bool) -> tuple[int, list[flo
     if found is None:
         created = False
         if ranks.is_leader():
+            written = run.config.to_dict() | {PROVENANCE_KEY: provenance()}  # what made the run
             try:
-                created = runs.start_run(run_dir, run.config.to_dict())
+                created = runs.start_run(run_dir, written)
             except BaseException:  # a full disk, say: no config.json without its metrics.jsonl
                 runs.remove_unstarted_run(run_dir, remove_folder=False)
                 raise
