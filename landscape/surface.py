@@ -160,8 +160,14 @@ def compute_surface(
         problem: the checkpoint's model, loss and evaluation data.
         line / plane: compute the 1D line and the 2D plane (filter-normalised random directions).
         other: parameters of a second checkpoint (same names) for the interpolation path.
-        distance: the slice spans [-distance, distance] in units of filter norms.
+        distance: the slice spans [-distance, distance] in units of filter norms, in (0, 100].
+        line_steps / plane_steps / path_steps: points per line, per axis of the plane and along
+            the path (bounds: :data:`~landscape.bounds.SLICE_STEPS`, :data:`~landscape.bounds.SLICE_GRID`).
         seed: seeds the directions: the same seed gives the same slices.
+        progress: called first with a :class:`~landscape.bounds.JobSize` (loss evaluations and
+            forward passes), then with a label before each stage.
+
+    Raises ``UserError`` naming the argument when a size, the distance or the seed is out of range.
     """
     report = progress or (lambda _label: None)
     SEED.check(seed, "seed")
