@@ -114,7 +114,13 @@ class RuleSpec:
 
 _SCHEDULE = ("rho_schedule",)  # every rho-based rule also takes a schedule callable t -> rho
 
-PHI = Option("phi", float, "angle between the two paths (0: func-sam, pi/2: logit-sam)", default=math.pi / 4)
+PHI = Option(
+    "phi",
+    float,
+    "angle between the two paths (0: func-sam, pi/2: logit-sam)",
+    default=math.pi / 4,
+    check=in_interval(-math.pi, math.pi, note="radians"),
+)
 MICRO_BATCH = Option("micro_batch", int, "micro-batch size m", default=32, keyword="m", check=positive_int)
 TEMPERATURE = Option("temperature", float, "Gibbs temperature T (inf: SAM)", default=1.0, check=positive)
 EMA_NEW_WEIGHT = Option(

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from landscape.adapters import LORA_METHODS, add_run_adapters
+from landscape.bounds import SAMPLES, SEED, SEQ_LEN, TRAIN_STEPS
 from landscape.data import Dataset, load_data, train_eval_split
 from landscape.dtypes import DTYPES
 from landscape.errors import UserError
@@ -278,6 +279,10 @@ class RunConfig:
         ):
             if value is not None:
                 _positive_int(value, what)
+                SAMPLES.check(value, f"--{what}")
+        TRAIN_STEPS.check(self.steps, "--steps")
+        SEQ_LEN.check(self.seq_len, "--seq-len")
+        SEED.check(self.seed, "--seed")
         if self.diagnose_trace_samples < 2:
             raise UserError(f"diagnose trace samples must be at least 2, got {self.diagnose_trace_samples}")
         for value, what in (
