@@ -81,7 +81,7 @@ RULE_CASES = {
     "angle-sam": {"rho": 0.1, "phi": 0.6},
     "precond-sam": {"rho": 0.01},
     "precond-func-sam": {"rho": 0.01},
-    "rwsam": {"rho": 0.1, "temperature": 0.05},
+    "rwsam": {"rho": 0.1, "lambda_": 2.0},
     "fsgld": {"sigma": 0.05, "seed": 4},
 }
 SPLITS = {"mlp": (8, 5), "lm": (16, 2)}  # tiny_case n, samples on rank 0
