@@ -24,6 +24,7 @@ import torch.multiprocessing as mp
 from helpers import rel, tiny_case
 from landscape import distributed
 from landscape.analysis import analyze
+from landscape.curvature.noise import gradient_noise_trace
 from landscape.curvature.operators import BlockOperator, GGNOperator, HessianOperator
 from landscape.errors import UserError
 from landscape.optim import GradientRule, make_rule
@@ -62,6 +63,9 @@ def quantities(kind: str, problem: Problem) -> dict[str, object]:
     }
     for method in ("reuse", "forward-over-reverse", "double-backward"):
         out[f"hvp_{method}"] = HessianOperator(problem, method=method).matmat(V)
+    # the gradient-noise trace: per-process chunks merged with all-reduced moments
+    out["noise_exact"] = gradient_noise_trace(problem, method="exact", chunk_size=3).estimate
+    out["noise_sketch"] = gradient_noise_trace(problem, method="sketch", num_probes=3).samples
     result = analyze(problem, metrics=METRICS, top_k=2, trace_samples=8, layer_samples=4, seed=1)
     summary = result.to_dict()
     out["analysis"] = {
