@@ -304,21 +304,28 @@ def test_a_training_suite_on_two_processes_follows_the_single_process_run(tmp_pa
     for method in TRAIN_METHODS:
         a = torch.load(parallel / method / "final.pt", weights_only=True)["model"]
         b = torch.load(single / method / "final.pt", weights_only=True)["model"]
+        # RW-SAM's finite difference divides float32 rounding (which depends on the batch split)
+        # by delta = 1e-4: its norm estimates, weights and so everything after agree less closely
+        tolerance, value_tolerance = (1e-4, 1e-3) if method == "rwsam" else (1e-5, 1e-4)
         for name in b:
-            assert rel(a[name], b[name]) < 1e-5, (method, name)
+            assert rel(a[name], b[name]) < tolerance, (method, name)
         logged = [strip_timing(r) for r in read_metrics(parallel / method)]
         reference = [strip_timing(r) for r in read_metrics(single / method)]
         assert [r["step"] for r in logged] == [r["step"] for r in reference]
         for r, ref in zip(logged, reference, strict=True):
             for key, value in ref.items():
                 if isinstance(value, float):
-                    assert math.isclose(r[key], value, rel_tol=1e-4, abs_tol=1e-6), (method, r["step"], key)
+                    assert math.isclose(r[key], value, rel_tol=value_tolerance, abs_tol=1e-6), (
+                        method,
+                        r["step"],
+                        key,
+                    )
         for name in ("analysis.json", "summary.json"):
             got = json.loads((parallel / method / name).read_text())
             want = json.loads((single / method / name).read_text())
             for key in ("lambda_max", "trace", "ggn_trace", "tau_logit", "eval_loss", "train_loss"):
                 if key in want and want[key] is not None:
-                    assert math.isclose(got[key], want[key], rel_tol=1e-4), (method, name, key)
+                    assert math.isclose(got[key], want[key], rel_tol=value_tolerance), (method, name, key)
 
 
 @pytest.mark.timeout(240)
