@@ -70,7 +70,7 @@ from landscape.optim.norm_statistics import frozen_norm_statistics
 from landscape.optim.step import Step
 from landscape.optim.tensors import global_norm, scaled, write_grads
 
-__all__ = ["RWSAM", "RademacherDirection", "gibbs_weights", "sample_counts"]
+__all__ = ["RWSAM", "RademacherDirection", "gibbs_weights", "sample_counts", "sample_sums", "weighted_sum"]
 
 
 class RademacherDirection:
@@ -192,8 +192,7 @@ class RWSAM(PerturbationRule):
     ``theta + delta z`` is ``delta sqrt(n)`` away for n trained parameters). Defaults
     ``lambda_ = 1.0`` and ``delta = 1e-4`` are ours (the paper's values could not be read; 1e-4
     gave the smallest error of ``s_i`` against ``|<grad f_i, z>|`` in float32 on the built-in MLP
-    and transformer, between truncation and rounding);
-    rho = 0.05 as SAM. After each call ``last_norm_estimates`` holds the ``s_i``,
+    and transformer, between truncation and rounding); rho = 0.05 as SAM. After each call ``last_norm_estimates`` holds the ``s_i``,
     ``last_sample_weights`` the ``p_i`` (this process's samples; float64) and
     ``last_direction`` the z used (overwritten by the next call).
     """
