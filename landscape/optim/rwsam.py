@@ -57,10 +57,11 @@ backward at about two forwards that is 7/6 of SAM's 2F + 2B, the 1/6 overhead th
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from landscape import distributed as _dist
 from landscape.losses import SampleTerms
@@ -70,72 +71,121 @@ from landscape.optim.norm_statistics import frozen_norm_statistics
 from landscape.optim.step import Step
 from landscape.optim.tensors import global_norm, scaled, write_grads
 
-__all__ = ["RWSAM", "RademacherDirection", "gibbs_weights", "sample_counts", "sample_sums", "weighted_sum"]
+__all__ = [
+    "RWSAM",
+    "RademacherDirection",
+    "SwappedParameters",
+    "gibbs_weights",
+    "sample_counts",
+    "sample_sums",
+    "weighted_sum",
+]
+
+
+class SwappedParameters:
+    """Run a block at ``theta + e`` by pointing each parameter at a new tensor ``theta + e``.
+
+    :meth:`apply_` computes ``theta + alpha e`` out of place and makes it each parameter's
+    ``.data``; :meth:`restore_` points the parameters back at the tensors that hold theta, which
+    were never written: theta comes back bit for bit, at no copy (``perturb_`` copies theta aside
+    and back). A graph recorded inside the block belongs to the parameters as they are there; no
+    graph recorded at theta may be used while ``e`` is applied.
+    """
+
+    def __init__(self) -> None:
+        self._saved: list[tuple[Tensor, Tensor]] | None = None
+
+    def apply_(
+        self,
+        params: Sequence[Tensor],
+        e: Sequence[Tensor | None],
+        alpha: float = 1.0,
+        theta: Sequence[Tensor] | None = None,
+    ) -> None:
+        """``params <- params + alpha e`` (``None`` in ``e``: that parameter stays). ``theta``:
+        the parameters' ``.data`` when the caller has them already (each read is an alias op)."""
+        if self._saved is not None:
+            raise RuntimeError("SwappedParameters.apply_ called twice without restore_")
+        theta = [p.data for p in params] if theta is None else theta
+        chosen = [i for i, v in enumerate(e) if v is not None]
+        moving = [(params[i], e[i]) for i in chosen]
+        data = [theta[i] for i in chosen]
+        steps = [
+            v if (v.dtype, v.device) == (d.dtype, d.device) else v.to(dtype=d.dtype, device=d.device)
+            for (_, v), d in zip(moving, data, strict=True)
+        ]
+        moved = torch._foreach_add(data, steps, alpha=alpha) if data else []
+        self._saved = [(p, d) for (p, _), d in zip(moving, data, strict=True)]
+        for (p, _), t in zip(moving, moved, strict=True):
+            p.data = t
+
+    def restore_(self) -> None:
+        """Point the parameters back at theta (exact: those tensors were not written)."""
+        if self._saved is not None:
+            for p, theta in self._saved:
+                p.data = theta
+            self._saved = None
+
+    @contextmanager
+    def applied(
+        self,
+        model: nn.Module,
+        params: Sequence[Tensor],
+        e: Sequence[Tensor | None],
+        rng: RngState,
+        alpha: float = 1.0,
+        theta: Sequence[Tensor] | None = None,
+    ) -> Iterator[None]:
+        """The block at ``theta + alpha e``, BatchNorm running statistics frozen, the global RNG
+        put back to ``rng`` (the first pass's dropout masks); theta restored afterwards, also on
+        error."""
+        self.apply_(params, e, alpha, theta)
+        try:
+            with frozen_norm_statistics(model):
+                rng.restore()
+                yield
+        finally:
+            self.restore_()
 
 
 class RademacherDirection:
-    """A Rademacher vector z (entries +-1) shaped like a list of tensors, and ``theta + delta z``.
+    """A Rademacher vector z (entries +-1) shaped like a list of tensors.
 
     :meth:`draw` fills one reused flat buffer with +-1 from a seeded generator (views of it are
-    shaped like the tensors: no allocation per step); :meth:`apply_` stashes theta in reused
-    storage and adds ``delta z`` in place, :meth:`restore_` copies theta back bit for bit. Like
-    :func:`landscape.optim.tensors.perturb_` it writes through ``.data``, so autograd version
-    counters do not move.
+    shaped like the tensors: no allocation per step).
     """
 
     def __init__(self) -> None:
         self._key: tuple[tuple[torch.Size, torch.dtype, torch.device], ...] | None = None
         self._flat: Tensor | None = None
         self._bytes: Tensor | None = None
-        self._shifts: Tensor | None = None
+        self._signs: Tensor | None = None
         self.views: list[Tensor] = []
-        self._stash: list[Tensor] = []
-        self._applied: list[Tensor] | None = None
 
     def draw(self, tensors: Sequence[Tensor], generator: SeededGenerator) -> list[Tensor]:
         """A fresh z shaped like ``tensors`` (views of this object's buffer, overwritten by the
         next draw). Drawn on the first tensor's device in its dtype; same generator state, same z.
 
-        The signs are the bits of uniform random bytes (eight signs per draw of the generator),
-        bit k of byte j giving entry ``8 j + k``: ``z = 2 b - 1``."""
+        The signs are the bits of uniform random bytes (eight signs per draw of the generator):
+        bit k of byte j gives entry ``8 j + k`` as ``2 b - 1``, looked up in a table of the 256
+        bytes' sign patterns."""
         key = tuple((t.shape, t.dtype, t.device) for t in tensors)
         if key != self._key:
             first = tensors[0]
             numel = sum(t.numel() for t in tensors)
-            flat = torch.empty(numel, dtype=first.dtype, device=first.device)
-            chunks = flat.split([t.numel() for t in tensors])
+            rows = (numel + 7) // 8
+            flat = torch.empty(rows * 8, dtype=first.dtype, device=first.device)
+            chunks = flat[:numel].split([t.numel() for t in tensors])
             self._flat, self._key = flat, key
-            self._bytes = torch.empty((numel + 7) // 8, dtype=torch.uint8, device=first.device)
-            self._shifts = torch.arange(8, dtype=torch.uint8, device=first.device)
+            self._bytes = torch.empty(rows, dtype=torch.int64, device=first.device)
+            values = torch.arange(256, device=first.device).unsqueeze(1)
+            bits = values.bitwise_right_shift(torch.arange(8, device=first.device)).bitwise_and(1)
+            self._signs = (2 * bits - 1).to(first.dtype)  # [256, 8]
             self.views = [c.view(t.shape) for c, t in zip(chunks, tensors, strict=True)]
-            self._stash = []
-        assert self._flat is not None and self._bytes is not None and self._shifts is not None
+        assert self._flat is not None and self._bytes is not None and self._signs is not None
         self._bytes.random_(0, 256, generator=generator.get(self._flat.device))
-        bits = self._bytes.unsqueeze(1).bitwise_right_shift(self._shifts).bitwise_and_(1)
-        torch.mul(bits.reshape(-1)[: self._flat.numel()], 2, out=self._flat).sub_(1)
+        torch.index_select(self._signs, 0, self._bytes, out=self._flat.view(-1, 8))
         return self.views
-
-    def apply_(self, params: Sequence[Tensor], delta: float) -> None:
-        """``params <- params + delta z`` in place (z from the last :meth:`draw`); theta stashed."""
-        if self._applied is not None:
-            raise RuntimeError("RademacherDirection.apply_ called twice without restore_")
-        data = [p.data for p in params]
-        if not self._stash:
-            self._stash = list(torch._foreach_clone(data))
-        else:
-            torch._foreach_copy_(self._stash, data)
-        steps = [
-            z if (z.dtype, z.device) == (d.dtype, d.device) else z.to(dtype=d.dtype, device=d.device)
-            for z, d in zip(self.views, data, strict=True)
-        ]
-        torch._foreach_add_(data, steps, alpha=delta)
-        self._applied = data
-
-    def restore_(self) -> None:
-        """Copy the theta stashed by :meth:`apply_` back (exact)."""
-        if self._applied is not None:
-            torch._foreach_copy_(self._applied, self._stash)
-            self._applied = None
 
 
 def sample_counts(terms: SampleTerms) -> Tensor:
@@ -159,13 +209,11 @@ def sample_sums(terms: SampleTerms) -> Tensor:
 
 def weighted_sum(terms: SampleTerms, weights: Tensor, counts: Tensor) -> Tensor:
     """``sum_i weights_i f_i`` with its graph, ``f_i`` sample i's mean loss over its ``counts_i``
-    targets (:func:`sample_counts`)."""
+    targets (:func:`sample_counts`, at least 1 where ``weights_i`` is not 0)."""
     if terms.elem is None:  # a callable: mean_i (B w_i) f_i
         return terms.weighted(weights * len(weights))
-    per_target = (weights.to(terms.elem.dtype) / counts.clamp_min(1.0)).reshape(
-        -1, *([1] * (terms.elem.dim() - 1))
-    )
-    return (terms.elem * per_target).sum()
+    per_target = weights.to(terms.elem.dtype) / counts
+    return (terms.elem * per_target.reshape(-1, *([1] * (terms.elem.dim() - 1)))).sum()
 
 
 def gibbs_weights(scores: Tensor, counted: Tensor, lam: float, *, global_batch: bool = False) -> Tensor:
@@ -175,9 +223,10 @@ def gibbs_weights(scores: Tensor, counted: Tensor, lam: float, *, global_batch: 
     normaliser (all-reduced maximum and sum), so each process weights its own samples as one
     process holding the whole batch would.
     """
-    logits = scores.to(torch.float64).mul(lam).masked_fill_(~counted, -math.inf)
+    logits = scores.mul(lam).masked_fill_(~counted, -math.inf)
     if not global_batch:
-        return torch.softmax(logits, 0)
+        return torch.softmax(logits, 0, dtype=torch.float64)
+    logits = logits.to(torch.float64)
     peak = logits.max().reshape(1) if logits.numel() else torch.full((1,), -math.inf, dtype=torch.float64)
     peak = _dist.all_reduce_max_(peak)
     exps = torch.exp(logits - peak)
@@ -192,9 +241,10 @@ class RWSAM(PerturbationRule):
     ``theta + delta z`` is ``delta sqrt(n)`` away for n trained parameters). Defaults
     ``lambda_ = 1.0`` and ``delta = 1e-4`` are ours (the paper's values could not be read; 1e-4
     gave the smallest error of ``s_i`` against ``|<grad f_i, z>|`` in float32 on the built-in MLP
-    and transformer, between truncation and rounding); rho = 0.05 as SAM. After each call ``last_norm_estimates`` holds the ``s_i``,
-    ``last_sample_weights`` the ``p_i`` (this process's samples; float64) and
-    ``last_direction`` the z used (overwritten by the next call).
+    and transformer, between truncation and rounding); rho = 0.05 as SAM. After each call
+    ``last_norm_estimates`` holds the ``s_i`` (in the losses' dtype), ``last_sample_weights`` the
+    ``p_i`` (float64; both for this process's samples) and ``last_direction`` the z used
+    (overwritten by the next call).
     """
 
     name = "rwsam"
@@ -218,6 +268,7 @@ class RWSAM(PerturbationRule):
         self.lambda_ = float(lambda_)
         self.delta = float(delta)
         self._direction = RademacherDirection()
+        self._swap = SwappedParameters()
         self.last_norm_estimates: Tensor | None = None
         self.last_sample_weights: Tensor | None = None
 
@@ -235,39 +286,37 @@ class RWSAM(PerturbationRule):
         pieces = iter(flat.split([t.numel() for t in present]))
         return [None if t is None else next(pieces).view_as(t).to(t.dtype) for t in tensors]
 
-    def _shifted_sums(self, step: Step, rng: RngState) -> Tensor:
+    def _shifted_sums(self, step: Step, rng: RngState, theta: Sequence[Tensor]) -> Tensor:
         """:func:`sample_sums` at ``theta + delta z`` for a fresh z: no graph, the first pass's
         dropout masks, BatchNorm running statistics untouched, theta restored bit for bit."""
-        self._direction.draw(step.params, self.generator)
-        self._direction.apply_(step.params, self.delta)
-        try:
-            with torch.no_grad(), frozen_norm_statistics(step.model):
-                rng.restore()
-                return sample_sums(step.loss.terms(step.outputs(), step.targets))
-        finally:
-            self._direction.restore_()
+        z = self._direction.draw(step.params, self.generator)
+        with torch.no_grad(), self._swap.applied(step.model, step.params, z, rng, self.delta, theta):
+            return sample_sums(step.loss.terms(step.outputs(), step.targets))
 
     def _compute(self, step: Step) -> Tensor:
         params, loss, targets = step.params, step.loss, step.targets
         rng = step.rng_state()
-        # the finite-difference pass first, so that no graph is held while theta moves
-        shifted = self._shifted_sums(step, rng)
+        theta = [p.data for p in params]
+        # the finite-difference pass first: no graph may be held while the parameters are swapped
+        shifted = self._shifted_sums(step, rng, theta)
         rng.restore()
         with torch.enable_grad():
             clean = loss.terms(step.outputs(), targets)
             value = clean.mean()
         counts = sample_counts(clean)
+        denominators = counts.clamp_min(1.0)
         # s_i = |f_i(theta + delta z) - f_i(theta)| / delta, f_i the mean over sample i's targets
-        difference = shifted.sub_(sample_sums(clean)).to(torch.float64).abs_()
-        estimates = difference.div_(counts.to(torch.float64).clamp_min(1.0).mul_(self.delta))
+        estimates = shifted.sub_(sample_sums(clean)).abs_().div_(denominators * self.delta)
         weights = gibbs_weights(estimates, counts > 0, self.lambda_, global_batch=self.parallel.active)
         with torch.enable_grad():
-            grads = torch.autograd.grad(weighted_sum(clean, weights, counts), params, allow_unused=True)
-        del clean
+            weighted = weighted_sum(clean, weights, denominators)
+            grads = torch.autograd.grad(weighted, params, allow_unused=True)
+        del clean, weighted
         g_p = self._global_sum(grads)
         eps = scaled(g_p, self.current_rho() / global_norm(g_p).clamp_min(torch.finfo(torch.float64).tiny))
         del grads, g_p
-        with step.perturbed(eps, rng):
+        with self._swap.applied(step.model, params, eps, rng, theta=theta):
+            del eps
             _, perturbed_grads = step.gradient()
         self.last_norm_estimates, self.last_sample_weights = estimates, weights
         write_grads(params, perturbed_grads)
