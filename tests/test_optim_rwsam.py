@@ -92,8 +92,11 @@ def step(rule, model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
 
 def step_with(rule, model: nn.Module, x: Tensor, y: Tensor, loss_fn) -> tuple[Tensor, Tensor]:
     before = [p.detach().clone() for p in model.parameters()]
+    storage = [p.data_ptr() for p in model.parameters()]
     loss = rule.compute_gradient(model, x, y, loss_fn=loss_fn)
+    # theta back bit for bit, in the same storage (optimizers may hold on to it)
     assert all(torch.equal(b, p) for b, p in zip(before, model.parameters(), strict=True))
+    assert [p.data_ptr() for p in model.parameters()] == storage
     return loss, flat_grad(model)
 
 
@@ -296,3 +299,25 @@ def test_command_line_flags_lambda_and_delta(tmp_path, capsys):
     assert "error: --lambda is not used by method sam" in capsys.readouterr().err
     assert main([*fast, "--method", "rwsam", "--delta", "0", "--out", str(tmp_path / "c")]) != 0
     assert "error: --delta must be a positive number, got 0.0" in capsys.readouterr().err
+
+
+def test_parameters_come_back_when_a_pass_fails():
+    class Fails(nn.Module):
+        def __init__(self, inner: nn.Module, at: int) -> None:
+            super().__init__()
+            self.inner, self.at, self.calls = inner, at, 0
+
+        def forward(self, x: Tensor) -> Tensor:
+            self.calls += 1
+            if self.calls == self.at:
+                raise RuntimeError("boom")
+            return self.inner(x)
+
+    for at in (1, 3):  # the finite-difference pass, the pass at theta + eps
+        model, x, y = case("mlp")
+        wrapped = Fails(model, at)
+        before = [(p.detach().clone(), p.data_ptr()) for p in model.parameters()]
+        with pytest.raises(RuntimeError, match="boom"):
+            RWSAM(rho=RHO).compute_gradient(wrapped, x, y)
+        for (value, pointer), p in zip(before, model.parameters(), strict=True):
+            assert torch.equal(value, p) and p.data_ptr() == pointer
