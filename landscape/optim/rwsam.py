@@ -78,7 +78,7 @@ __all__ = [
     "gibbs_weights",
     "sample_counts",
     "sample_sums",
-    "weighted_sum",
+    "weighted_gradient",
 ]
 
 
@@ -207,13 +207,21 @@ def sample_sums(terms: SampleTerms) -> Tensor:
     return terms.elem.detach().reshape(terms.elem.shape[0], -1).sum(1)
 
 
-def weighted_sum(terms: SampleTerms, weights: Tensor, counts: Tensor) -> Tensor:
-    """``sum_i weights_i f_i`` with its graph, ``f_i`` sample i's mean loss over its ``counts_i``
-    targets (:func:`sample_counts`, at least 1 where ``weights_i`` is not 0)."""
-    if terms.elem is None:  # a callable: mean_i (B w_i) f_i
-        return terms.weighted(weights * len(weights))
-    per_target = weights.to(terms.elem.dtype) / counts
-    return (terms.elem * per_target.reshape(-1, *([1] * (terms.elem.dim() - 1)))).sum()
+def weighted_gradient(
+    terms: SampleTerms, weights: Tensor, counts: Tensor, params: Sequence[Tensor]
+) -> tuple[Tensor | None, ...]:
+    """``grad sum_i weights_i f_i`` with respect to ``params``, ``f_i`` sample i's mean loss over
+    its ``counts_i`` targets (:func:`sample_counts`, at least 1 where ``weights_i`` is not 0).
+
+    Built-in losses: one backward from the per-target losses with ``weights_i / counts_i`` as
+    their output gradient (no graph for the weighted sum itself)."""
+    with torch.enable_grad():
+        if terms.elem is None:  # a callable: mean_i (B w_i) f_i
+            return torch.autograd.grad(terms.weighted(weights * len(weights)), params, allow_unused=True)
+        per_target = (weights.to(terms.elem.dtype) / counts).reshape(-1, *([1] * (terms.elem.dim() - 1)))
+        return torch.autograd.grad(
+            terms.elem, params, grad_outputs=per_target.expand_as(terms.elem), allow_unused=True
+        )
 
 
 def gibbs_weights(scores: Tensor, counted: Tensor, lam: float, *, global_batch: bool = False) -> Tensor:
@@ -302,16 +310,15 @@ class RWSAM(PerturbationRule):
         rng.restore()
         with torch.enable_grad():
             clean = loss.terms(step.outputs(), targets)
+        with torch.no_grad():
             value = clean.mean()
         counts = sample_counts(clean)
         denominators = counts.clamp_min(1.0)
         # s_i = |f_i(theta + delta z) - f_i(theta)| / delta, f_i the mean over sample i's targets
         estimates = shifted.sub_(sample_sums(clean)).abs_().div_(denominators * self.delta)
         weights = gibbs_weights(estimates, counts > 0, self.lambda_, global_batch=self.parallel.active)
-        with torch.enable_grad():
-            weighted = weighted_sum(clean, weights, denominators)
-            grads = torch.autograd.grad(weighted, params, allow_unused=True)
-        del clean, weighted
+        grads = weighted_gradient(clean, weights, denominators, params)
+        del clean
         g_p = self._global_sum(grads)
         eps = scaled(g_p, self.current_rho() / global_norm(g_p).clamp_min(torch.finfo(torch.float64).tiny))
         del grads, g_p
