@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -9,10 +10,27 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from cli.console import err_console, leader_process, out_console, set_threads, stage_progress
+from cli.console import (
+    LOSS_HELP,
+    LogFormat,
+    Output,
+    Quiet,
+    err_console,
+    holds_output,
+    leader_process,
+    note,
+    out_console,
+    print_line,
+    print_paths,
+    print_table,
+    set_threads,
+    stage_progress,
+    summary_event,
+)
 from cli.report import demo, report
 from cli.train import prune_eval, train
-from landscape.errors import UserError, one_line
+from landscape.errors import UserError, one_line, write_error
+from landscape.metrics import names as metric_names  # the declarations only: no torch here
 
 app = typer.Typer(
     name="landscape",
@@ -25,78 +43,35 @@ app = typer.Typer(
 )
 
 
-def _fmt(value: Any, err: Any = None) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        text = f"{value:.6g}"
-        if err is not None:
-            text += f" ± {err:.2g}"
-        return text
-    return str(value)
-
-
 def summary_table(result: Any) -> Table:
-    """The rich table printed after ``analyze``."""
+    """The rich table printed after ``analyze``: the loss and gradient, each metric's rows (from the
+    registry) and the cost."""
+    from landscape.metrics import format_number, summary_rows
+
     table = Table(title="curvature summary", show_header=True, header_style="bold")
     table.add_column("quantity")
     table.add_column("value", justify="right")
     table.add_column("note")
     r = result
-    rows = [
-        ("loss", _fmt(r.loss), f"{r.num_samples} samples, {r.num_targets} targets, {r.mode}"),
-        ("||grad L||", _fmt(r.grad_norm), f"{r.num_params} parameters, {r.dtype}"),
-        (
-            "lambda_max(H)",
-            _fmt(r.lambda_max),
-            f"residual {_fmt(r.lambda_max_residual)}, {r.lambda_max_products} products to tol"
-            if r.lambda_max is not None
-            else "",
-        ),
-        (
-            "top eigenvalues",
-            ", ".join(f"{x:.4g}" for x in r.top_eigenvalues) if r.top_eigenvalues else "-",
-            "",
-        ),
-        (
-            "lambda_min(H)",
-            _fmt(r.lambda_min),
-            f"error bound {_fmt(r.lambda_min_error_bound)}, "
-            f"{'converged' if r.lambda_min_converged else 'NOT converged'}"
-            if r.lambda_min is not None
-            else "",
-        ),
-        ("tr(H)", _fmt(r.trace, r.trace_stderr), r.trace_method or ""),
-        ("lambda_max(G)", _fmt(r.ggn_lambda_max), "Gauss-Newton"),
-        ("tr(G)", _fmt(r.ggn_trace, r.ggn_trace_stderr), ""),
-        ("tr(H_F)", _fmt(r.functional_trace, r.functional_trace_stderr), "functional Hessian H - G"),
-        ("tau_logit", _fmt(r.tau_logit), "share of the sharpness gradient through the logits"),
-        ("tau_func", _fmt(r.tau_func), "share through the function's Jacobian"),
-        (
-            "tau_cross",
-            _fmt(r.tau_cross),
-            ""
-            if r.tau_cross is None
-            else (
-                "negative: the two paths oppose"
-                if r.tau_cross < 0
-                else "positive: the paths point the same way"
-            ),
-        ),
-        (
-            "products",
-            f"{r.hvp_count} H, {r.ggn_count} G",
-            f"{r.hvp_method} HVPs; {r.seconds:.1f} s"
-            + (f" on {r.processes} processes" if r.processes > 1 else ""),
-        ),
-    ]
-    for name, value, note in rows:
-        if value != "-" or name in ("loss",):
-            table.add_row(name, value, note)
+    table.add_row(
+        "loss", format_number(r.loss), f"{r.num_samples} samples, {r.num_targets} targets, {r.mode}"
+    )
+    grad = format_number(r.grad_norm)
+    if grad != "-":
+        table.add_row("||grad L||", grad, f"{r.num_params} parameters, {r.dtype}")
+    for row in summary_rows(r.to_dict()):
+        table.add_row(*row)
+    table.add_row(
+        "products",
+        f"{r.hvp_count} H, {r.ggn_count} G",
+        f"{r.hvp_method} HVPs; {r.seconds:.1f} s"
+        + (f" on {r.processes} processes" if r.processes > 1 else ""),
+    )
     return table
 
 
 @app.command()
+@holds_output(lambda args: args["out"])
 def analyze(
     checkpoint: Annotated[
         Path | None,
@@ -109,12 +84,12 @@ def analyze(
         str | None,
         typer.Option(help="built-in (digits, text), a .pt/.npz file with x and y, or module:function"),
     ] = None,
-    loss: Annotated[str | None, typer.Option(help="cross_entropy or mse (default: the model's)")] = None,
+    loss: Annotated[str | None, typer.Option(help=LOSS_HELP)] = None,
     samples: Annotated[int | None, typer.Option(help="use the first N samples (default: all)")] = None,
     batch_size: Annotated[int | None, typer.Option(help="chunk size for products (memory only)")] = None,
     dtype: Annotated[str, typer.Option(help="float32 or float64")] = "float32",
     seed: Annotated[int, typer.Option(help="seeds model init and every random probe")] = 0,
-    metrics: Annotated[str, typer.Option(help="comma list of eigen,trace,ggn,tau,density,layers")] = "all",
+    metrics: Annotated[str, typer.Option(help=f"comma list of {','.join(metric_names())}, or all")] = "all",
     top_k: Annotated[int, typer.Option(help="number of top eigenvalues")] = 5,
     trace_method: Annotated[str, typer.Option(help="xtrace, hutchpp or hutchinson")] = "xtrace",
     trace_samples: Annotated[int, typer.Option(help="operator products per trace estimate")] = 96,
@@ -135,6 +110,8 @@ def analyze(
     json_output: Annotated[
         bool, typer.Option("--json", help="print analysis.json to stdout instead of a table")
     ] = False,
+    quiet: Quiet = False,
+    log_format: LogFormat = "text",
     trust_checkpoint: Annotated[
         bool,
         typer.Option(
@@ -144,13 +121,14 @@ def analyze(
     ] = False,
     debug: Annotated[bool, typer.Option(help="show tracebacks")] = False,
 ) -> None:
-    """Measure the curvature of a checkpoint: eigenvalues, traces, GGN / functional-Hessian split,
-    tau, spectral densities and per-layer values. Writes OUT/analysis.json, layers.csv, density.png."""
+    """Measure the curvature of a checkpoint with the chosen metrics (default: all: eigenvalues,
+    traces, GGN / functional-Hessian split, tau, spectral densities and per-layer values). Writes
+    OUT/analysis.json, layers.csv, density.png."""
     del debug  # read by main(): it decides whether tracebacks are shown
 
     from landscape.analysis import analyze as run_analysis
-    from landscape.analysis import parse_metrics
     from landscape.dtypes import parse_dtype
+    from landscape.metrics import parse_metrics
     from landscape.resolve import resolve_inputs
     from landscape.runs import dumps_json, ensure_writable_dir, write_analysis
 
@@ -159,9 +137,10 @@ def analyze(
     chosen = parse_metrics(metrics)
     if samples is not None and samples < 1:
         raise UserError(f"--samples must be positive, got {samples}")
+    output = Output.parse(quiet, log_format, leader, json_output)
     set_threads(threads)
     ensure_writable_dir(out)
-    with stage_progress(not json_output and leader) as report:
+    with stage_progress(output, "analyze") as report:
         report("loading model and data")
         inputs = resolve_inputs(
             checkpoint,
@@ -201,17 +180,26 @@ def analyze(
         out_console.file.write(dumps_json(result.to_dict() | {"context": context}))
         return
     if inputs.note:
-        err_console.print(f"note: {inputs.note}", markup=False, highlight=False)
-    out_console.print(summary_table(result))
-    out_console.print("wrote " + ", ".join(str(p) for p in written))
+        note(inputs.note, output)
+    if output.json_lines:
+        from landscape.metrics import record_keys
+
+        values = {k: v for k, v in result.to_dict().items() if k not in record_keys()}  # no densities
+        summary_event("analyze", output, values=values, context=context, files=[str(p) for p in written])
+    elif quiet:
+        print_paths(written)
+    else:
+        print_table(summary_table(result))
+        print_line("wrote " + ", ".join(str(p) for p in written))
 
 
 @app.command()
+@holds_output(lambda args: args["out"])
 def surface(
     checkpoint: Annotated[Path | None, typer.Argument(help="checkpoint at the centre of the slices")] = None,
     model: Annotated[str | None, typer.Option(help="built-in or package.module:factory")] = None,
     data: Annotated[str | None, typer.Option(help="built-in, .pt/.npz file or module:function")] = None,
-    loss: Annotated[str | None, typer.Option(help="cross_entropy or mse")] = None,
+    loss: Annotated[str | None, typer.Option(help=LOSS_HELP)] = None,
     samples: Annotated[int | None, typer.Option(help="use the first N samples")] = None,
     kind: Annotated[str, typer.Option(help="1d, 2d or both")] = "both",
     other: Annotated[
@@ -247,7 +235,7 @@ def surface(
     leader = leader_process()  # under torchrun: every rank evaluates on its shard, rank 0 writes
     torch_dtype = parse_dtype(dtype)
     ensure_writable_dir(out)
-    with stage_progress(leader) as report:
+    with stage_progress(leader, "surface") as report:
         report("loading model and data")
         inputs = resolve_inputs(
             checkpoint,
@@ -279,8 +267,8 @@ def surface(
             return
         report("writing files")
         written = write_surface(result, out, inputs.context() | {"other": str(other) if other else None})
-    out_console.print(f"loss at the checkpoint {result.center_loss:.6g}")
-    out_console.print("wrote " + ", ".join(str(p) for p in written))
+    print_line(f"loss at the checkpoint {result.center_loss:.6g}")
+    print_line("wrote " + ", ".join(str(p) for p in written))
 
 
 @app.command(name="models")
@@ -297,7 +285,30 @@ def list_builtin_models() -> None:
         table.add_row("model", name, desc)
     for name, desc in list_data().items():
         table.add_row("data", name, desc)
-    out_console.print(table)
+    print_table(table)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from landscape.provenance import version_line
+
+        out_console.print(version_line(), markup=False, highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="print the version of landscape and torch",
+        ),
+    ] = False,
+) -> None:
+    """Loss-landscape diagnostics for PyTorch checkpoints."""
 
 
 app.command(name="train")(train)
@@ -310,6 +321,15 @@ def _error_line(message: str) -> None:
     """One line on stderr, never wrapped (scripts grep it)."""
     sys.stderr.write(f"error: {one_line(message)}\n")
     sys.stderr.flush()
+
+
+def _environment_error(exc: BaseException) -> UserError | None:
+    """A full disk (``ENOSPC``/``EDQUOT``, or torch.save's short write) as one line, else ``None``."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return write_error(exc, exc.filename or Path.cwd())
+    if isinstance(exc, RuntimeError) and "unexpected pos" in str(exc):
+        return write_error(exc, Path.cwd())
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -335,6 +355,12 @@ def main(argv: list[str] | None = None) -> int:
         if type(exc).__name__ == "Abort":
             err_console.print("aborted", markup=False)
             return 130
+        environment = _environment_error(exc)
+        if environment is not None:  # a full disk a writer did not name
+            _error_line(str(environment))
+            if debug:
+                raise
+            return 1
         # a bug or an error from user code: one line unless --debug
         if debug:
             raise

@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # imported lazily at run time: `import landscape.models` stay
     from landscape.curvature.linear_operator import LinearOperator
     from landscape.curvature.operators import GGNOperator, HessianOperator
     from landscape.errors import UserError
+    from landscape.losses import LossLike
     from landscape.problem import Problem
 
 _LAZY = {
@@ -43,7 +44,7 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'landscape' has no attribute {name!r}")
 
 
-__version__ = "0.1.0"
+from landscape.provenance import __version__ as __version__  # noqa: E402  (one home: the installed metadata)
 
 __all__ = [
     "AnalysisResult",
@@ -60,9 +61,15 @@ __all__ = [
 
 
 def hessian(
-    model: nn.Module, data: Any, loss: str = "cross_entropy", **problem_options: Any
+    model: nn.Module, data: Any, loss: LossLike = "cross_entropy", **problem_options: Any
 ) -> HessianOperator:
-    """The loss Hessian H of ``model`` on ``data`` as a linear operator (see :class:`Problem` for options)."""
+    """The loss Hessian H of ``model`` on ``data`` as a linear operator (see :class:`Problem` for options).
+
+    ``loss``: a name (``cross_entropy``, ``mse``, ``bce``, ``nll``, ``model``), a ``torch.nn``
+    loss module or a callable (:mod:`landscape.losses`). Touches nothing: the operator evaluates
+    copies of the parameters in eval mode and leaves the model's modes, flags, parameters and the
+    global RNG as they are (true of every public function here).
+    """
     from landscape.curvature.operators import HessianOperator
     from landscape.problem import Problem
 
@@ -70,8 +77,9 @@ def hessian(
     return HessianOperator(Problem(model, data, loss, **problem_options), method=method)
 
 
-def ggn(model: nn.Module, data: Any, loss: str = "cross_entropy", **problem_options: Any) -> GGNOperator:
-    """The generalized Gauss-Newton matrix G (Functional-SAM Eq. 8) as a linear operator."""
+def ggn(model: nn.Module, data: Any, loss: LossLike = "cross_entropy", **problem_options: Any) -> GGNOperator:
+    """The generalized Gauss-Newton matrix G = J^T H_out J (Singh, Mobahi, Agarwala, Dauphin 2025,
+    arXiv 2502.02407, Eq. 8) as a linear operator; touches nothing (see :func:`hessian`)."""
     from landscape.curvature.operators import GGNOperator
     from landscape.problem import Problem
 
@@ -80,9 +88,10 @@ def ggn(model: nn.Module, data: Any, loss: str = "cross_entropy", **problem_opti
 
 
 def functional_hessian(
-    model: nn.Module, data: Any, loss: str = "cross_entropy", **problem_options: Any
+    model: nn.Module, data: Any, loss: LossLike = "cross_entropy", **problem_options: Any
 ) -> LinearOperator:
-    """The functional Hessian H_F = H - G (Functional-SAM Eq. 8) as a linear operator."""
+    """The functional Hessian H_F = H - G (arXiv 2502.02407, Eq. 8) as a linear operator; touches
+    nothing (see :func:`hessian`)."""
     from landscape.curvature.operators import functional_hessian_operator
     from landscape.problem import Problem
 

@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from landscape.errors import UserError, one_line
+from landscape.errors import UserError, one_line, write_error
 
 __all__ = [
     "SAFETENSORS_SUFFIXES",
@@ -148,7 +148,18 @@ def unsafe_globals(path: str | os.PathLike[str]) -> list[str]:
 # Loading
 
 
-def torch_load(p: Path, trust_checkpoint: bool) -> Any:
+TRUST_ADVICE = (
+    "pass --trust-checkpoint to load it with full unpickling, only for files you trust "
+    "(it can run arbitrary code)"
+)
+
+
+def torch_load(p: Path, trust_checkpoint: bool, *, advice: str = TRUST_ADVICE) -> Any:
+    """``torch.load`` of ``p``: weights only unless ``trust_checkpoint``; one-line ``UserError``\\ s.
+
+    A file holding pickled objects that weights-only loading refuses names the globals it would
+    import and ends with ``advice`` (by default: how to trust it).
+    """
     if trust_checkpoint:
         cwd = os.getcwd()
         if cwd not in sys.path:  # classes of a pickled model may live next to where the command runs
@@ -168,8 +179,7 @@ def torch_load(p: Path, trust_checkpoint: bool) -> Any:
         if bad:
             raise UserError(
                 f"checkpoint {p} contains pickled Python objects that safe (weights-only) loading refuses "
-                f"(unsafe globals: {_listing(bad, 5)}); pass --trust-checkpoint to load it with full "
-                "unpickling, only for files you trust (it can run arbitrary code)"
+                f"(unsafe globals: {_listing(bad, 5)}); {advice}"
             ) from exc
         raise UserError(
             f"cannot read checkpoint {p}: the file is corrupt or truncated, or holds data that "
@@ -385,10 +395,15 @@ def save_atomic(obj: Any, path: str | os.PathLike[str], *, metadata: Mapping[str
     A crash mid-write leaves the old file (or none), never a half-written one. ``.safetensors``
     paths take a dict of tensors (saved with safetensors, with optional string ``metadata``);
     anything else is written with ``torch.save``. Parent folders are created. Returns the path.
+    A write that fails for want of space (``ENOSPC``, or torch's "unexpected pos") is a one-line
+    ``UserError`` saying that the disk is full and where (:func:`landscape.errors.write_error`).
     """
     p = Path(path).expanduser()
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise write_error(exc, p) or exc from None
     try:
         if p.suffix.lower() in SAFETENSORS_SUFFIXES:
             os.close(fd)
@@ -408,8 +423,12 @@ def save_atomic(obj: Any, path: str | os.PathLike[str], *, metadata: Mapping[str
                 os.fsync(f.fileno())
         os.chmod(tmp, 0o644)
         os.replace(tmp, p)
-    except BaseException:
+    except BaseException as exc:
+        # a full disk: say so while the partial file still takes the space, then remove it
+        error = write_error(exc, p) if isinstance(exc, OSError | RuntimeError) else None
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if error is not None:
+            raise error from exc
         raise
     return p

@@ -185,6 +185,7 @@ def _analyse(run_dir: Path, plan: DomainPlan, seed: int, report: Progress) -> No
     )
 
 
+@runs.holding("out_dir")  # one writer of the report folder from the start
 def run_demo(
     out_dir: str | Path = "reports/demo",
     quick: bool = False,

@@ -7,13 +7,16 @@ definition of what a run's "eval loss" is.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from landscape.data import IGNORE_INDEX, Dataset
+from landscape.data import Dataset
+from landscape.losses import LossLike, as_loss
 from landscape.models import unwrap_output
+from landscape.preserve import eval_mode
 
 __all__ = ["EVAL_CHUNK_TARGETS", "EvalResult", "evaluate", "fixed_subset", "target_subset"]
 
@@ -26,47 +29,38 @@ class EvalResult:
 
     loss: float
     accuracy: float | None
-    num_targets: int
+    num_targets: int | float
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: Dataset, loss: str) -> EvalResult:
+def evaluate(model: nn.Module, data: Dataset, loss: LossLike) -> EvalResult:
     """The mean loss of ``model`` on all of ``data`` (eval mode), and its accuracy.
 
-    Cross-entropy: the mean over targets that are not ``-100``, accuracy = share of those whose
-    arg-max logit is the target. MSE: the mean squared error over all elements, no accuracy.
-    The model's train/eval mode is restored afterwards.
+    ``loss`` is any loss of :func:`landscape.losses.as_loss` (a name, a ``torch.nn`` loss module,
+    a callable): the mean of its per-target losses over the counted targets (cross-entropy:
+    targets that are not ``-100``; mse: every element), summed in float64; the accuracy (share of
+    counted targets whose arg-max output is the target) for class-id losses, else ``None``.
+
+    Touches nothing: every module's train/eval mode is put back afterwards, no gradient is made.
     """
-    was_training = model.training
-    model.eval()
-    try:
+    loss_object = as_loss(loss, model=model)
+    loss_sum = 0.0
+    correct: int | None = 0
+    count: int | float = 0
+    with eval_mode(model):
         per_item = max(1, int(data.y[:1].numel()))
         chunk = max(1, EVAL_CHUNK_TARGETS // per_item)
-        loss_sum = 0.0
-        correct = 0
-        count = 0
         for start in range(0, len(data), chunk):
             x, y = data.x[start : start + chunk], data.y[start : start + chunk]
-            out = unwrap_output(model(x))
-            if loss == "cross_entropy":
-                logits = out.reshape(-1, out.shape[-1])
-                flat = y.reshape(-1)
-                keep = flat != IGNORE_INDEX
-                loss_sum += float(
-                    torch.nn.functional.cross_entropy(
-                        logits.double(), flat, ignore_index=IGNORE_INDEX, reduction="sum"
-                    )
-                )
-                correct += int((logits.argmax(-1) == flat)[keep].sum())
-                count += int(keep.sum())
-            else:
-                loss_sum += float(torch.nn.functional.mse_loss(out.double(), y.double(), reduction="sum"))
-                count += int(y.numel())
-    finally:
-        model.train(was_training)
+            out = model(**x) if isinstance(x, Mapping) else model(x)
+            sums = loss_object.evaluate(unwrap_output(out), y)
+            loss_sum += sums.loss_sum
+            count += sums.count
+            correct = None if correct is None or sums.correct is None else correct + sums.correct
     if count == 0:
         return EvalResult(float("nan"), None, 0)
-    return EvalResult(loss_sum / count, correct / count if loss == "cross_entropy" else None, count)
+    accuracy = None if correct is None else correct / count
+    return EvalResult(loss_sum / count, accuracy, int(count) if float(count).is_integer() else count)
 
 
 def fixed_subset(data: Dataset, num_samples: int, seed: int) -> Dataset:

@@ -11,8 +11,9 @@ once, so gradients and curvature products are exact full-data quantities that do
 how the data is chunked (``batch_size`` only bounds memory).
 
 The model runs through ``torch.func.functional_call`` with the selected parameters passed in
-explicitly, in eval mode (dropout off, BatchNorm running statistics), so the same problem object
-serves reverse-mode, forward-mode and double-backward differentiation.
+explicitly, in eval mode (dropout off, BatchNorm running statistics; switched on for each call and
+back to the caller's modes after it), so the same problem object serves reverse-mode, forward-mode
+and double-backward differentiation.
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ from torch import Tensor, nn
 
 from landscape import distributed as _dist
 from landscape.errors import UserError
-from landscape.losses import IGNORE_INDEX, LOSSES, Loss
+from landscape.losses import IGNORE_INDEX, LOSSES, Loss, LossLike, as_loss, is_import_path, loss_name
 from landscape.models import unwrap_output
+from landscape.preserve import eval_mode
 
 __all__ = [
     "IGNORE_INDEX",
@@ -62,17 +64,24 @@ class Batch:
 
     inputs: Any
     targets: Tensor
-    count: int
+    count: int | float
     num_samples: int
 
 
-def named_loss(loss: str | Loss) -> Loss:
-    """The :class:`landscape.losses.Loss` of a problem's loss name (a ``Loss`` passes through)."""
+def named_loss(loss: LossLike, model: nn.Module | None = None) -> Loss:
+    """The :class:`landscape.losses.Loss` of a problem's loss: a name of
+    :data:`landscape.losses.LOSSES` (``"model"`` with the ``model``), a ``Loss`` (passed through),
+    a ``torch.nn`` loss module or a callable; an unknown name is a ``UserError``."""
     if isinstance(loss, Loss):
         return loss
-    if loss not in LOSSES:
-        raise UserError(f"unknown loss '{loss}' (choose from {', '.join(LOSSES)})")
-    return LOSSES[loss]()
+    if isinstance(loss, str) and loss not in LOSSES and not is_import_path(loss):
+        raise UserError(
+            f"unknown loss '{loss}' (choose from {', '.join(LOSSES)}, or an import path module:callable)"
+        )
+    try:
+        return as_loss(loss, model=model)
+    except (ValueError, TypeError) as exc:
+        raise UserError(str(exc)) from None
 
 
 def loss_sum(outputs: Tensor, targets: Tensor, loss: str | Loss) -> Tensor:
@@ -134,6 +143,12 @@ def _as_pair(data: Any) -> tuple[Any, Tensor] | None:
     return None
 
 
+def _whole(count: Tensor) -> int | float:
+    """A count as ``int`` when it is a whole number (target counts), else ``float`` (summed weights)."""
+    value = float(count)
+    return int(value) if value.is_integer() else value
+
+
 def _num_items(inputs: Any) -> int:
     if isinstance(inputs, dict):
         return len(next(iter(inputs.values())))
@@ -156,10 +171,14 @@ class Problem:
     """Model + loss + data, with the parameters as explicit function arguments.
 
     Args:
-        model: any ``nn.Module``; it is put in eval mode (dropout off, BatchNorm running stats).
+        model: any ``nn.Module``; it runs in eval mode (dropout off, BatchNorm running stats) for
+            each evaluation, and its own modes, flags and parameters are left as they are.
         data: ``(x, y)`` tensors, an object with ``.x``/``.y``, a ``Dataset`` or an iterable of
             ``(x, y)`` batches (e.g. a ``DataLoader``). ``x`` may be a dict of tensors (keyword inputs).
-        loss: a name of :data:`landscape.losses.LOSSES` (``"cross_entropy"``, ``"mse"``).
+        loss: a name of :data:`landscape.losses.LOSSES` (``"cross_entropy"``, ``"mse"``, ``"bce"``,
+            ``"nll"``, ``"model"``: a Hugging Face model's own loss from ``labels``), a
+            ``torch.nn`` loss module (``reduction="mean"``), a :class:`landscape.losses.Loss` or a
+            callable ``(outputs, targets) -> mean loss`` (see :mod:`landscape.losses`).
         params: which parameters to analyse (see :func:`select_parameters`); the others are fixed.
         batch_size: chunk size in samples (memory only; results do not depend on it). Default:
             about 2M model-output elements per chunk.
@@ -178,7 +197,7 @@ class Problem:
         self,
         model: nn.Module,
         data: Any,
-        loss: str = "cross_entropy",
+        loss: LossLike = "cross_entropy",
         *,
         params: str | Sequence[str] | None = None,
         batch_size: int | None = None,
@@ -191,13 +210,13 @@ class Problem:
         elif distributed and not _dist.is_distributed():
             raise UserError("distributed=True needs torch.distributed initialised with more than one process")
         self.distributed = bool(distributed)
-        self.loss_function = named_loss(loss)
+        self.loss_function = named_loss(loss, model)
         if batch_size is not None and batch_size < 1:
             raise UserError(f"batch size must be positive, got {batch_size}")
         self.model = model
-        self.was_training = model.training
-        model.eval()
-        self.loss = loss
+        self.was_training = model.training  # the model's modes are untouched: outputs() runs in eval mode
+        # a plain name is kept (reports show it); anything else is the loss object itself
+        self.loss: str | Loss = loss if isinstance(loss, str) and loss != "model" else self.loss_function
         first = next(iter(model.parameters()), None)
         if first is None:
             raise UserError("the model has no parameters")
@@ -225,10 +244,14 @@ class Problem:
             self.offsets.append(self.offsets[-1] + k)
         self.num_params = self.offsets[-1]
         self.batches = self._make_batches(data, batch_size)
-        counts = torch.tensor([sum(b.count for b in self.batches), sum(b.num_samples for b in self.batches)])
-        self.local_num_targets, self.local_num_samples = int(counts[0]), int(counts[1])
+        counts = torch.tensor(
+            [sum(b.count for b in self.batches), sum(b.num_samples for b in self.batches)],
+            dtype=torch.float64,
+        )
+        self.local_num_targets, self.local_num_samples = _whole(counts[0]), int(counts[1])
         self.all_reduce_(counts)
-        self.num_targets, self.num_samples = int(counts[0]), int(counts[1])
+        # what the full-data mean divides by: targets counted (class-weighted losses: their weights)
+        self.num_targets, self.num_samples = _whole(counts[0]), int(counts[1])
         if self.num_targets == 0:
             raise UserError("the data has no targets to compute a loss on (all ignored?)")
         self._check_outputs()
@@ -286,11 +309,30 @@ class Problem:
 
     def _check_outputs(self) -> None:
         b = self.batches[0]
-        with torch.no_grad():
-            out = self.outputs(self.params, b.inputs)
-        self.loss_function.check_outputs(out, [batch.targets for batch in self.batches])
-        if not torch.isfinite(out).all():
-            raise UserError("the model produces NaN or infinite outputs on the data")
+        with torch.enable_grad():  # also when built under no_grad: the check needs the graph
+            leaves = {n: p.detach().requires_grad_(True) for n, p in self.params.items()}
+            out = self.outputs(leaves, b.inputs)
+            self.loss_function.check_outputs(out.detach(), [batch.targets for batch in self.batches])
+            if not torch.isfinite(out).all():
+                raise UserError("the model produces NaN or infinite outputs on the data")
+            self._check_dependence(out, leaves)
+
+    def _check_dependence(self, out: Tensor, leaves: dict[str, Tensor]) -> None:
+        """Outputs that depend on none of the selected parameters (structurally, through autograd)
+        have no gradient and no curvature: ``UserError``. Parameters the outputs do not depend on
+        are listed in ``unused_params`` (loss values and slices are fine; derivatives need them
+        left out with ``params``)."""
+        names = self.param_names
+        unused = list(names)
+        if out.requires_grad:
+            grads = torch.autograd.grad(out.sum(), [leaves[n] for n in names], allow_unused=True)
+            unused = [n for n, g in zip(names, grads, strict=True) if g is None]
+        if len(unused) == len(names):
+            raise UserError(
+                f"the model's outputs do not depend on its parameters ({len(names)} selected): "
+                "the gradient and every curvature of the loss are zero, there is nothing to measure"
+            )
+        self.unused_params = unused
 
     # ------------------------------------------------------------------------------ function
     def outputs(self, params: dict[str, Tensor], inputs: Any) -> Tensor:
@@ -298,7 +340,8 @@ class Problem:
         state = {**self.fixed, **params}
         # The fused CPU SDPA kernels (Hugging Face's default attention) have neither double-backward
         # nor forward-mode derivatives; the math path computes the same attention and has both.
-        with _math_attention():
+        # Eval mode for the call only: the caller's model keeps its own modes.
+        with _math_attention(), eval_mode(self.model):
             if isinstance(inputs, dict):
                 out = torch.func.functional_call(self.model, state, (), inputs)
             else:
@@ -375,7 +418,7 @@ class Problem:
             "num_targets": self.num_targets,
             "num_batches": len(self.batches),
             "processes": _dist.world_size() if self.distributed else 1,
-            "loss_function": self.loss,
+            "loss_function": loss_name(self.loss),
             "dtype": str(self.dtype).replace("torch.", ""),
             "mode": "eval (dropout off, BatchNorm running statistics)",
         }

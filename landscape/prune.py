@@ -107,7 +107,8 @@ def prune_eval(
 ) -> list[PruneResult]:
     """Evaluate ``model`` on ``data`` after one-shot global magnitude pruning at each sparsity.
 
-    Each sparsity starts from the original weights; the model's weights are restored at the end.
+    Each sparsity starts from the original weights; the model's weights are restored bit for bit
+    at the end (also on error), and its modes, flags and the global RNG are left alone.
     """
     chosen = prunable_parameters(model, include_all)
     originals = [p.detach().clone() for _, p in chosen]

@@ -21,6 +21,7 @@ from landscape.data import load_data, train_eval_split
 from landscape.data.loaders import Dataset
 from landscape.errors import UserError
 from landscape.models import build_model, list_models, model_info
+from landscape.provenance import provenance
 from landscape.trust import check_stored_specs
 
 __all__ = ["DEFAULT_MAX_TARGETS", "Inputs", "eval_split_from_config", "resolve_inputs"]
@@ -45,7 +46,8 @@ class Inputs:
     note: str | None = None
 
     def context(self) -> dict[str, Any]:
-        """Provenance for output files."""
+        """Provenance for output files: the inputs, and the versions and command line that made
+        them (:func:`landscape.provenance.provenance`)."""
         return {
             "model": self.model_spec,
             "data": self.data_spec,
@@ -54,7 +56,7 @@ class Inputs:
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
             "note": self.note,
-        }
+        } | provenance()
 
 
 def resolve_inputs(

@@ -138,6 +138,9 @@ def compute_surface(
 ) -> Surface:
     """Compute the asked slices around ``problem.params``.
 
+    Touches nothing: the slices evaluate copies of the parameters (the model's own parameters,
+    modes, flags and the global RNG are left alone; directions come from their own generator).
+
     Args:
         problem: the checkpoint's model, loss and evaluation data.
         line / plane: compute the 1D line and the 2D plane (filter-normalised random directions).

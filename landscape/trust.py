@@ -21,6 +21,7 @@ from typing import Any
 
 from landscape.data.loaders import data_spec_kind
 from landscape.errors import UserError
+from landscape.losses import is_import_path
 from landscape.models.zoo import model_spec_kind
 
 __all__ = ["SPEC_KEYS", "check_stored_specs", "runs_code", "stored_code"]
@@ -28,7 +29,6 @@ __all__ = ["SPEC_KEYS", "check_stored_specs", "runs_code", "stored_code"]
 SPEC_KEYS = ("model", "data", "eval_data", "loss")
 _FLAGS = {"model": "--model", "data": "--data", "eval_data": "--eval-data", "loss": "--loss"}
 _WHAT = {"model": "model factory", "data": "data function", "eval_data": "data function", "loss": "loss"}
-_LOSS_NAMES = ("cross_entropy", "mse", "bce", "nll", "model")
 
 
 def runs_code(key: str, spec: Any) -> bool:
@@ -43,7 +43,7 @@ def runs_code(key: str, spec: Any) -> bool:
     if key in ("data", "eval_data"):
         return data_spec_kind(spec) == "import"
     if key == "loss":
-        return spec.strip() not in _LOSS_NAMES and (":" in spec or "." in spec)
+        return is_import_path(spec)
     raise ValueError(f"unknown spec key {key!r} (expected one of {SPEC_KEYS})")
 
 

@@ -3,6 +3,8 @@ which is wrong across LayerNorm in torch 2.13)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -51,11 +53,20 @@ def _flat_outputs(problem: Problem, theta: Tensor, inputs: Tensor) -> Tensor:
     return problem.outputs(problem.unflatten(theta), inputs)
 
 
-def dense_loss(problem: Problem, x: Tensor, y: Tensor):
-    """L(theta) on the whole data in one piece (mean over targets), as a function of a flat vector."""
+Reference = Callable[[Tensor, Tensor], Tensor]
+"""The full-data mean loss of the outputs, written with torch's own functions (not landscape's)."""
+
+
+def dense_loss(problem: Problem, x: Tensor, y: Tensor, reference: Reference | None = None):
+    """L(theta) on the whole data in one piece (mean over targets), as a function of a flat vector.
+
+    ``reference`` (outputs, targets) -> mean loss; default: cross-entropy or mse by the problem's loss name.
+    """
 
     def f(theta: Tensor) -> Tensor:
         out = _flat_outputs(problem, theta, x)
+        if reference is not None:
+            return reference(out, y)
         if problem.loss == "cross_entropy":
             return F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1), ignore_index=IGNORE_INDEX)
         return F.mse_loss(out, y.reshape(out.shape))
@@ -63,18 +74,28 @@ def dense_loss(problem: Problem, x: Tensor, y: Tensor):
     return f
 
 
-def dense_hessian(problem: Problem, x: Tensor, y: Tensor) -> Tensor:
+def dense_hessian(problem: Problem, x: Tensor, y: Tensor, reference: Reference | None = None) -> Tensor:
     """Reference H by torch.autograd.functional.hessian (reverse-over-reverse)."""
     theta = problem.parameter_vector().detach()
-    return torch.autograd.functional.hessian(dense_loss(problem, x, y), theta)
+    return torch.autograd.functional.hessian(dense_loss(problem, x, y, reference), theta)
 
 
-def dense_ggn(problem: Problem, x: Tensor, y: Tensor) -> Tensor:
-    """Reference G = (1/N) J^T H_out J from the explicit Jacobian and output Hessian."""
+def dense_output_hessian(reference: Reference, out: Tensor, y: Tensor) -> Tensor:
+    """The Hessian of the mean loss in the outputs, ``[n, n]``, by double-backward of ``reference``."""
+    return torch.autograd.functional.hessian(
+        lambda flat: reference(flat.reshape(out.shape), y), out.detach().reshape(-1)
+    )
+
+
+def dense_ggn(problem: Problem, x: Tensor, y: Tensor, reference: Reference | None = None) -> Tensor:
+    """Reference G = (1/N) J^T H_out J from the explicit Jacobian and output Hessian (with a
+    ``reference`` loss: J^T H_out J, H_out the double-backward Hessian of the mean in the outputs)."""
     theta = problem.parameter_vector().detach()
     out = _flat_outputs(problem, theta, x).detach()
     J = torch.autograd.functional.jacobian(lambda t: _flat_outputs(problem, t, x), theta)
     J = J.reshape(out.numel(), -1)
+    if reference is not None:
+        return J.T @ dense_output_hessian(reference, out, y) @ J
     if problem.loss == "cross_entropy":
         C = out.shape[-1]
         p = out.reshape(-1, C).softmax(-1)
@@ -88,9 +109,9 @@ def dense_ggn(problem: Problem, x: Tensor, y: Tensor) -> Tensor:
     return J.T @ Hout @ J / N
 
 
-def dense_gradient(problem: Problem, x: Tensor, y: Tensor) -> Tensor:
+def dense_gradient(problem: Problem, x: Tensor, y: Tensor, reference: Reference | None = None) -> Tensor:
     theta = problem.parameter_vector().detach().requires_grad_(True)
-    (g,) = torch.autograd.grad(dense_loss(problem, x, y)(theta), theta)
+    (g,) = torch.autograd.grad(dense_loss(problem, x, y, reference)(theta), theta)
     return g
 
 

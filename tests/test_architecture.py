@@ -22,7 +22,16 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("landscape", "cli")
 
 FLOORS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("foundations", ("landscape.errors", "landscape.dtypes", "landscape.distributed")),
+    (
+        "foundations",
+        (
+            "landscape.errors",
+            "landscape.dtypes",
+            "landscape.distributed",
+            "landscape.preserve",
+            "landscape.provenance",
+        ),
+    ),
     (
         "inputs",
         (

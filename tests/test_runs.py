@@ -216,7 +216,9 @@ def test_a_run_folder_holds_the_layout_files_and_reads_back(run_dir):
     expected = [str(p) for p in [*runs.run_files(run_dir), run_dir / runs.SUMMARY_FILE]]
     assert summary["files"] == expected
     assert all(Path(p).exists() for p in expected)
-    assert read_run_config(run_dir).to_dict() == runs.read_config(run_dir)
+    stored = runs.read_config(run_dir)
+    assert stored.pop("provenance")["landscape_version"]  # what made the run: not part of the config
+    assert read_run_config(run_dir).to_dict() == stored
     assert runs.read_analysis(run_dir) is None  # no diagnostics: no final analysis by default
 
 

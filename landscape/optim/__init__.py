@@ -9,8 +9,10 @@ A *gradient rule* forms the training gradient and fills ``p.grad``; a *base opti
         loss = rule.compute_gradient(model, x, y, loss_fn="cross_entropy", optimizer=opt)
         opt.step()
 
-:class:`SharpnessAwareOptimizer` packs both into one ``torch.optim``-style object. See
-``docs/optimizers.md`` for every method's equation, defaults and cost.
+:class:`SharpnessAwareOptimizer` packs both into one ``torch.optim`` optimizer: ``step(closure)``
+(every rule; the closure is called once per pass), ``step(inputs=, targets=)``, or
+``compute_gradient(...)`` then ``step()``; its ``param_groups`` are the base optimizer's. See
+``docs/optimizers.md`` for every method's equation, defaults and cost, and the closure protocol.
 
 The package, by idea:
 
@@ -19,6 +21,7 @@ The package, by idea:
   neither imports torch;
 * :mod:`~landscape.optim.base`: the rule base classes ``GradientRule`` and ``PerturbationRule``;
   :mod:`~landscape.optim.step`: ``Step``, the one argument of a rule's hook;
+  :mod:`~landscape.optim.closure`: how a closure reaches the rules that need the model outputs;
 * the rules: :mod:`~landscape.optim.sam`, :mod:`~landscape.optim.rwsam`, :mod:`~landscape.optim.functional_sam`,
   :mod:`~landscape.optim.flat_lora` (with the adapters of :mod:`~landscape.optim.lora`),
   :mod:`~landscape.optim.langevin`; the diagnostic :mod:`~landscape.optim.sharpness`;

@@ -27,7 +27,7 @@ from landscape import distributed as _dist
 from landscape.losses import Loss, LossLike, as_loss
 from landscape.optim.noise import SeededGenerator
 from landscape.optim.parallel import BatchShare
-from landscape.optim.step import Step, trained_parameters
+from landscape.optim.step import Step, split_labels, trained_parameters
 from landscape.optim.tensors import global_norm, scaled
 
 RhoSchedule = Callable[[int], float]
@@ -44,8 +44,8 @@ class GradientRule:
 
     name: ClassVar[str] = "rule"
     cost: ClassVar[str] = "1F+1B"
-    supports_closure: ClassVar[bool] = False
-    """Whether the gradient is a plain gradient at some parameter point (a closure can give it)."""
+    needs_targets: ClassVar[bool] = False
+    """Whether the rule splits the loss by sample (RW-SAM, m-SAM): a closure must show the targets."""
     data_parallel: ClassVar[bool] = True
     """Whether the rule runs data-parallel under ``torch.distributed`` (see :meth:`compute_gradient`)."""
 
@@ -80,15 +80,24 @@ class GradientRule:
         self,
         model: nn.Module,
         inputs: Any,
-        targets: Any,
-        loss_fn: LossLike = "cross_entropy",
+        targets: Any = None,
+        loss_fn: LossLike | None = None,
         optimizer: torch.optim.Optimizer | None = None,
     ) -> Tensor:
         """Fill ``p.grad`` of ``model``'s trained parameters with this rule's gradient.
 
-        ``optimizer`` is the base optimizer; only rules that read its state (``precond-*``) need
-        it. Returns the detached mean batch loss at the unperturbed parameters (``fsgld``: at
-        its perturbed point, the only point it evaluates).
+        ``model(inputs)`` runs the forward pass (``model(**inputs)`` for a dict batch). Without
+        ``targets``, a dict batch's ``labels`` entry is the targets (Hugging Face style) and the
+        loss defaults to ``"model"``, the model's own; otherwise ``loss_fn`` defaults to
+        cross-entropy. ``optimizer`` is the base optimizer; only rules that read its state
+        (``precond-*``) need it. Returns the detached mean batch loss at the unperturbed
+        parameters (``fsgld``: at its perturbed point, the only point it evaluates).
+
+        Touches: ``p.grad`` of the trained parameters (replaced), the rule's step counter and
+        generator, BatchNorm running statistics (updated once, by the unperturbed pass, as one
+        training forward would) and the global RNG (advanced as one training forward advances
+        it: the perturbed passes replay the first pass's dropout masks). Parameters are restored
+        bit for bit; training mode and ``requires_grad`` flags are left alone.
 
         Data-parallel: when ``torch.distributed`` runs with more than one process, each process
         passes its own part of the batch and every process ends with the gradient and loss of the
@@ -101,8 +110,22 @@ class GradientRule:
         named = trained_parameters(model)
         if not named:
             raise ValueError("the model has no parameter with requires_grad=True")
-        loss = as_loss(loss_fn)
-        step = Step(model, named, optimizer, inputs=inputs, targets=targets, loss=loss)
+        inputs, targets, from_labels = split_labels(inputs, targets)
+        if targets is None:
+            raise ValueError("compute_gradient needs targets (or a dict batch with 'labels')")
+        if loss_fn is None:
+            loss_fn = "model" if from_labels else "cross_entropy"
+        loss = as_loss(loss_fn, model=model)
+        step = Step(
+            model,
+            named,
+            optimizer,
+            inputs=inputs,
+            targets=targets,
+            loss=loss,
+            rule=self.name,
+            needs_targets=self.needs_targets,
+        )
         return self._run(step, self._local_count(loss, targets) if _dist.is_distributed() else None)
 
     def compute_gradient_from_closure(
@@ -111,22 +134,34 @@ class GradientRule:
         model: nn.Module,
         optimizer: torch.optim.Optimizer | None = None,
     ) -> Tensor:
-        """As :meth:`compute_gradient`, with a closure that runs forward + ``backward()``.
+        """As :meth:`compute_gradient`, with a closure that runs forward + ``backward()`` and
+        returns the loss (``torch.optim`` style; it may zero the gradients first, and it is
+        called once per pass the rule makes).
 
-        Only rules whose gradient is a plain gradient at some parameter point support this
-        (``supports_closure``): plain, SAM, ASAM, precond-SAM, fSGLD.
+        Rules that need only gradients at parameter points (plain, SAM, ASAM, precond-SAM,
+        fSGLD) call it as it is. The others call it with ``model``'s forward captured
+        (:mod:`landscape.optim.closure`): the closure must call ``model`` once and its loss must
+        reach the parameters through the model's output. RW-SAM and m-SAM also need the targets:
+        compute the closure's loss with the optimizer's criterion
+        (:meth:`landscape.optim.SharpnessAwareOptimizer.loss`) or pass ``labels=`` to a Hugging
+        Face model. ``.grad`` is replaced as by :meth:`compute_gradient`.
         """
-        if not self.supports_closure:
-            raise NotImplementedError(
-                f"rule {self.name!r} needs the model outputs; call compute_gradient(model, inputs, targets)"
-            )
-        return self._run(Step(model, trained_parameters(model), optimizer, closure=closure), None)
+        named = trained_parameters(model)
+        if not named:
+            raise ValueError("the model has no parameter with requires_grad=True")
+        step = Step(
+            model, named, optimizer, closure=closure, rule=self.name, needs_targets=self.needs_targets
+        )
+        return self._run(step, None)
 
     def _run(self, step: Step, count: float | None) -> Tensor:
         """One call: data-parallel bracket around the hook, then the step counter."""
         self._begin_data_parallel(count)
         try:
             value = self._compute(step)
+            if step.grad_scale != 1.0:  # a GradScaler's scale, which the rule's own passes lacked
+                grads = [p.grad for p in step.params if p.grad is not None]
+                torch._foreach_mul_(grads, step.grad_scale)
             value = self.parallel.finish(step.params, value)
         finally:
             self.parallel.end()

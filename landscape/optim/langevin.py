@@ -118,7 +118,6 @@ class FSGLD(GradientRule):
 
     name = "fsgld"
     cost = "1F+1B"
-    supports_closure = True
 
     def __init__(
         self,

@@ -88,8 +88,8 @@ class SwappedParameters:
     :meth:`apply_` computes ``theta + alpha e`` out of place and makes it each parameter's
     ``.data``; :meth:`restore_` points the parameters back at the tensors that hold theta, which
     were never written: theta comes back bit for bit, at no copy (``perturb_`` copies theta aside
-    and back). A graph recorded inside the block belongs to the parameters as they are there; no
-    graph recorded at theta may be used while ``e`` is applied.
+    and back). Like ``perturb_`` it moves no autograd version counter: a graph recorded at theta
+    may be held through the block and used after it (not inside it).
     """
 
     def __init__(self) -> None:
@@ -257,6 +257,7 @@ class RWSAM(PerturbationRule):
 
     name = "rwsam"
     cost = "3F+2B (one F without graph)"
+    needs_targets = True
 
     def __init__(
         self,
@@ -302,16 +303,16 @@ class RWSAM(PerturbationRule):
             return sample_sums(step.loss.terms(step.outputs(), step.targets))
 
     def _compute(self, step: Step) -> Tensor:
+        # the loss and targets first: a closure shows them in its first (captured) pass
         params, loss, targets = step.params, step.loss, step.targets
         rng = step.rng_state()
-        theta = [p.data for p in params]
-        # the finite-difference pass first: no graph may be held while the parameters are swapped
-        shifted = self._shifted_sums(step, rng, theta)
-        rng.restore()
         with torch.enable_grad():
             clean = loss.terms(step.outputs(), targets)
         with torch.no_grad():
             value = clean.mean()
+        theta = [p.data for p in params]
+        # theta + delta z while the first pass's graph is held: it is used after theta is back
+        shifted = self._shifted_sums(step, rng, theta)
         counts = sample_counts(clean)
         denominators = counts.clamp_min(1.0)
         # s_i = |f_i(theta + delta z) - f_i(theta)| / delta, f_i the mean over sample i's targets

@@ -27,7 +27,6 @@ class PlainGradient(GradientRule):
     """
 
     cost = "1F+1B"
-    supports_closure = True
 
     def __init__(self, name: str = "sgd", *, seed: int = 0) -> None:
         super().__init__(seed=seed)
@@ -53,7 +52,6 @@ class SAM(PerturbationRule):
 
     name = "sam"
     cost = "2F+2B"
-    supports_closure = True
 
     def _compute(self, step: Step) -> Tensor:
         rng = step.rng_state()
@@ -132,6 +130,7 @@ class MSAM(PerturbationRule):
 
     name = "msam"
     cost = "2F+2B (B/m sequential micro-batches)"
+    needs_targets = True
     local_perturbation = True  # each micro-batch keeps its own e_c, also data-parallel
 
     def __init__(

@@ -59,6 +59,7 @@ class ReportResult:
         return self.out_dir / run_files.REPORT_MARKDOWN
 
 
+@run_files.holding("out_dir")  # one writer from the start: a second one stops at once
 def build_report(
     run_dirs: Sequence[str | Path],
     out_dir: str | Path,
@@ -94,6 +95,10 @@ def build_report(
         notes: extra lines for the provenance section (the demo's settings, for example).
         trust_checkpoint: let the runs' final checkpoints unpickle objects and name code to run
             (import paths of models, data, losses); without it only built-ins and data files.
+
+    ``out_dir`` is held for this process from the start (:func:`landscape.runs.locked_output_dir`:
+    a second writer gets one line and changes nothing), and the new report replaces the previous
+    one as a set: its figures and tables that the new report lacks go with it.
     """
     started = time.perf_counter()
     report = progress or (lambda _label: None)

@@ -9,7 +9,7 @@ loads no model and measures nothing: a new figure or table goes here (its drawin
 
 Runs are grouped by suite (see :func:`landscape.report.runs.group_runs`); each group gets its
 table, curves, densities, slices and pruning. A rho sweep (Functional-SAM: Singh, Mobahi,
-Agarwala & Dauphin, ICML 2025, Fig. 3) collects runs of the same model, data and number of steps
+Agarwala & Dauphin 2025, arXiv 2502.02407, Fig. 3) collects runs of the same model, data and number of steps
 across groups, plus the runs that enter only the sweep. The vision/language tau contrast (Fig. 2)
 appears when the runs hold both a classifier and a language model.
 """
@@ -26,6 +26,11 @@ from typing import Any
 import pandas as pd
 import torch
 
+from landscape import metrics as registry
+from landscape.figures import OUTLIER_TICKS
+from landscape.metrics import tau, trace
+from landscape.metrics.density import DENSITY
+from landscape.provenance import provenance
 from landscape.report.document import (
     Bullets,
     FigureBlock,
@@ -235,7 +240,8 @@ def _curves_section(slug: str, members: list[RunData]) -> Section:
             FigureBlock.from_figure(
                 f"{slug}-loss.png",
                 plots.loss_curves_figure(members),
-                "Training loss (mean batch loss between log steps) and eval loss on the held-out set.",
+                "Training loss (mean batch loss between log steps) and eval loss on the held-out set"
+                f"{_multiples_note(members)}.",
             )
         )
     if any(not r.diagnostics().empty for r in members):
@@ -244,7 +250,9 @@ def _curves_section(slug: str, members: list[RunData]) -> Section:
             FigureBlock.from_figure(
                 f"{slug}-curvature.png",
                 plots.curvature_curves_figure(members),
-                f"Top Hessian eigenvalue and traces of H, G and H_F during training ({subset}).",
+                f"{_curves_caption()} during training ({subset}); shaded: ± {plots.ERROR_BAND:g} standard "
+                "errors of each stochastic trace estimate (a value inside another run's band is not "
+                f"resolved from it){_multiples_note(members)}.",
             )
         )
         curves.blocks.append(
@@ -259,18 +267,51 @@ def _curves_section(slug: str, members: list[RunData]) -> Section:
     return curves
 
 
+def _multiples_note(members: Sequence[RunData], where: str = "a column") -> str:
+    """The caption's note on small multiples (more runs than one panel shows readably)."""
+    from landscape.report import plots
+
+    if len(members) <= plots.SMALL_MULTIPLES_ABOVE:
+        return ""
+    return f"; {where} per run on shared axes, the other runs in grey behind"
+
+
+def _join(items: Sequence[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _curves_caption() -> str:
+    """What the curvature figure shows, from its panels' captions: consecutive panels "trace of H",
+    "trace of G" are named together ("Top Hessian eigenvalue and traces of H, G and H_F")."""
+    groups: list[tuple[str, list[str]]] = []
+    for curve in registry.curves("curvature"):
+        noun, _, of = (curve.caption or curve.label).partition(" of ")
+        if groups and groups[-1][0] == noun and of and groups[-1][1]:
+            groups[-1][1].append(of)
+        else:
+            groups.append((noun, [of] if of else []))
+    phrases = [
+        (noun + ("s" if len(ofs) > 1 else "")) + (f" of {_join(ofs)}" if ofs else "") for noun, ofs in groups
+    ]
+    text = _join(phrases) if phrases else "Curvature"
+    return text[0].upper() + text[1:]
+
+
 def _density_section(slug: str, members: list[RunData]) -> Section:
     """The spectral densities of the runs' final analyses, overlaid."""
     from landscape.report import plots
 
     section = Section("Spectral densities", level=3)
-    if any((r.analysis or {}).get("density") for r in members):
+    if any((r.analysis or {}).get(DENSITY) for r in members):
         section.blocks.append(
             FigureBlock.from_figure(
                 f"{slug}-density.png",
                 plots.density_overlay_figure(members),
                 "Spectral densities of H, G and H_F at the final weights (stochastic Lanczos quadrature, "
-                "Gaussian-broadened; from each run's analysis.json).",
+                "Gaussian-broadened; from each run's analysis.json); ticks: each run's "
+                f"{OUTLIER_TICKS} largest quadrature nodes, the outlier eigenvalues"
+                f"{_multiples_note(members, 'a row')}.",
             )
         )
     return section
@@ -348,9 +389,7 @@ def _contrast(groups: dict[str, list[RunData]]) -> tuple[Section | None, list[st
     chosen: dict[str, tuple[str, RunData]] = {}
     for name, members in groups.items():
         with_tau = [
-            r
-            for r in members
-            if "tau_logit" in r.diagnostics() and r.diagnostics()["tau_logit"].notna().any()
+            r for r in members if tau.LOGIT in r.diagnostics() and r.diagnostics()[tau.LOGIT].notna().any()
         ]
         if not with_tau:
             continue
@@ -374,10 +413,10 @@ def _contrast(groups: dict[str, list[RunData]]) -> tuple[Section | None, list[st
                 domain,
                 name,
                 run.method_label,
-                float(diag["tau_logit"].dropna().iloc[-1]),
-                float(diag["tau_func"].dropna().iloc[-1]),
-                float(later["tau_logit"].mean()),
-                float(later["tau_func"].mean()),
+                float(diag[tau.LOGIT].dropna().iloc[-1]),
+                float(diag[tau.FUNC].dropna().iloc[-1]),
+                float(later[tau.LOGIT].mean()),
+                float(later[tau.FUNC].mean()),
             )
         )
     lines = contrast_sentences(sides)
@@ -430,7 +469,9 @@ def _provenance(
     everything = [*runs, *sweep_only]
     root = _common_root(everything)
     grid = settings.slice_settings
+    made = provenance()
     lines = [
+        f"Made by landscape {made['landscape_version']}: {made['command']}.",
         f"Report seed {settings.seed} (slice directions, training-data subsets); torch {torch.__version__}, "
         f"{torch.get_num_threads()} thread(s), matplotlib {matplotlib.__version__}, Python "
         f"{platform.python_version()}.",
@@ -470,7 +511,7 @@ def _provenance_row(run: RunData, root: Path | None) -> str:
     c = run.config
     a = run.analysis or {}
     analysis = (
-        f"analysis on {a.get('num_targets')} targets ({a.get('trace_method')}, {a.get('hvp_count')} H and "
+        f"analysis on {a.get('num_targets')} targets ({a.get(trace.METHOD)}, {a.get('hvp_count')} H and "
         f"{a.get('ggn_count')} G products, {float(a.get('seconds') or 0):.1f} s)"
         if a
         else "no final analysis"
@@ -479,8 +520,16 @@ def _provenance_row(run: RunData, root: Path | None) -> str:
         f"{run.label} [{run.group}]: {method_label(run.method)}"
         + (f", rho {run.rho:g}" if run.rho is not None else "")
         + f", {c.get('base') or 'own'} base, lr {c.get('lr')}, batch {c.get('batch_size')}, {run.steps} steps, "
-        f"seed {c.get('seed')}; {analysis}; folder {_relative(run.path, root)}"
+        f"seed {c.get('seed')}; {analysis}; {_made_with(c)}folder {_relative(run.path, root)}"
     )
+
+
+def _made_with(config: dict) -> str:
+    """``trained with landscape X, torch Y; `` from a run's recorded provenance (none before it existed)."""
+    made = config.get("provenance")
+    if not isinstance(made, dict):
+        return ""
+    return f"trained with landscape {made.get('landscape_version')}, torch {made.get('torch_version')}; "
 
 
 def _relative(path: Path, root: Path | None) -> str:

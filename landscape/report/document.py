@@ -9,8 +9,18 @@ tables, figures). :func:`write_report` renders it twice:
 * ``report.md``: the same text and tables in Markdown (tables written here, pandas' to_markdown
   would need tabulate), each figure a PNG file beside it.
 
+Every text of the document is plain text (run names, titles, model paths and notes come from
+the user): escaped in the page (HTML) and in the Markdown, where ``<``, ``>`` and ``&`` become
+character references and the characters that would start emphasis, links, images, code, tables
+or a heading are backslash-escaped, so no name adds markup, a script or a link to either file.
+Before writing, :func:`external_references` parses the page and lists what a browser would load
+or run from it (``src``/``href`` that are not ``data:`` or in-page, CSS ``url()`` and
+``@import`` in styles, scripts, frames, event handlers); text that merely mentions ``url(`` is
+not a reference.
+
 Both, the PNGs and the CSVs are written to a staging folder and moved into place together
-(:func:`landscape.runs.staged_output`), so a failure leaves the folder as it was.
+(:func:`landscape.runs.staged_output`), so a failure leaves the folder as it was; the new set
+replaces the previous report's files (:func:`landscape.runs.report_output`).
 """
 
 from __future__ import annotations
@@ -21,6 +31,7 @@ import io
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pandas as pd
@@ -29,7 +40,7 @@ from matplotlib.figure import Figure
 from landscape.figures import PNG_METADATA
 from landscape.report.tables import Table, write_csv
 from landscape.runs.files import staged_output
-from landscape.runs.layout import REPORT_HTML, REPORT_MARKDOWN
+from landscape.runs.layout import REPORT_HTML, REPORT_MARKDOWN, report_output
 
 __all__ = [
     "Bullets",
@@ -40,6 +51,7 @@ __all__ = [
     "TableBlock",
     "compact_png",
     "external_references",
+    "markdown_text",
     "render_html",
     "render_markdown",
     "write_report",
@@ -214,15 +226,43 @@ def render_html(report: Report) -> str:
     )
 
 
-def _md_escape(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+_MD_PUNCTUATION = re.compile(r"([\\`*\[\]|~])")
+# "_" opens or closes emphasis only next to a non-alphanumeric character: "lambda_max" stays readable
+_MD_UNDERSCORE = re.compile(r"(?<![^\W_])_|_(?![^\W_])")
+_MD_LINE_START = re.compile(r"^[-+=#]")  # a list item, a heading
+_MD_ORDERED = re.compile(r"^(\d+)([.)])")  # an ordered list item: "1." or "1)"
+
+
+def markdown_text(text: str) -> str:
+    """Plain text for Markdown, on one line, that renders as exactly that text.
+
+    ``&``, ``<`` and ``>`` become character references (no HTML: ``<script>``, ``<img
+    onerror=...>``); backslash, backtick, ``*``, ``[``, ``]``, ``|`` and ``~`` are
+    backslash-escaped, and ``_`` unless inside a word (no emphasis, link, image, code span,
+    table cell or strikethrough); ``scheme://`` and ``www.`` are broken up with a character
+    reference (no autolink).
+    """
+    text = " ".join(str(text).split())
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    text = _MD_PUNCTUATION.sub(r"\\\1", text)
+    text = _MD_UNDERSCORE.sub(r"\\_", text)
+    text = text.replace("://", "&#58;//")
+    return re.sub(r"(?i)\bwww\.", lambda m: m.group(0)[:-1] + "&#46;", text)
+
+
+def _md_line(text: str) -> str:
+    """:func:`markdown_text` for text that starts a line: no list item, heading or quote either."""
+    text = markdown_text(text)
+    if _MD_LINE_START.match(text):
+        return "\\" + text
+    return _MD_ORDERED.sub(r"\1\\\2", text)
 
 
 def _table_markdown(table: Table) -> str:
     lines = []
     if table.caption:
-        lines += [f"**{_md_escape(table.caption)}**", ""]
-    lines.append("| " + " | ".join(_md_escape(h) for h in table.headers) + " |")
+        lines += [f"**{markdown_text(table.caption)}**", ""]
+    lines.append("| " + " | ".join(markdown_text(h) for h in table.headers) + " |")
     align = table.align or ["l"] + ["r"] * (len(table.headers) - 1)
     aligns = [":---" if a == "l" else "---:" for a in align]
     lines.append("| " + " | ".join(aligns) + " |")
@@ -230,42 +270,104 @@ def _table_markdown(table: Table) -> str:
         cells = []
         for j, text in enumerate(row):
             bold = bool(table.bold and table.bold[i][j]) and text != "-"
-            cells.append(f"**{_md_escape(text)}**" if bold else _md_escape(text))
+            cells.append(f"**{markdown_text(text)}**" if bold else markdown_text(text))
         lines.append("| " + " | ".join(cells) + " |")
     for note in table.notes:
-        lines += ["", f"*{_md_escape(note)}*"]
+        lines += ["", f"*{markdown_text(note)}*"]
     return "\n".join(lines)
 
 
 def _block_markdown(block: Block) -> str:
     if isinstance(block, Paragraph):
-        return block.text
+        return _md_line(block.text)
     if isinstance(block, Bullets):
-        return "\n".join(f"- {item}" for item in block.items)
+        return "\n".join(f"- {_md_line(item)}" for item in block.items)
     if isinstance(block, TableBlock):
         return _table_markdown(block.table)
-    return f"![{_md_escape(block.caption)}]({block.name})\n\n*{_md_escape(block.caption)}*"
+    return f"![{markdown_text(block.caption)}]({block.name})\n\n*{markdown_text(block.caption)}*"
 
 
 def render_markdown(report: Report) -> str:
     """The Markdown document; figures link the PNG files beside it."""
-    parts = [f"# {report.title}"]
+    parts = [f"# {markdown_text(report.title)}"]
     parts += [_block_markdown(b) for b in report.intro]
     for section in report.sections:
-        parts.append("#" * min(max(section.level, 2), 4) + " " + section.title)
+        parts.append("#" * min(max(section.level, 2), 4) + " " + markdown_text(section.title))
         parts += [_block_markdown(b) for b in section.blocks]
     return "\n\n".join(parts) + "\n"
 
 
-_URL = re.compile(
-    r"(?i)\b(?:https?|ftp|wss?)://|(?:src|href)\s*=\s*[\"'](?!data:|#)|url\(\s*[\"']?(?!data:)|@import"
-)
+# What a browser loads or runs from a page: tags that fetch or execute, attributes that hold URLs
+_FETCHING_TAGS = {"script", "iframe", "frame", "frameset", "object", "embed", "applet", "link", "base"}
+_URL_ATTRIBUTES = {
+    "src",
+    "href",
+    "srcset",
+    "action",
+    "formaction",
+    "poster",
+    "data",
+    "background",
+    "cite",
+    "longdesc",
+    "manifest",
+    "ping",
+    "xlink:href",
+}
+_CSS_FETCH = re.compile(r"(?i)url\s*\(|@import|expression\s*\(|image-set\s*\(")
+
+
+class _References(HTMLParser):
+    """Collects what a page would load or run (see :func:`external_references`)."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.found: list[str] = []
+        self._in_style = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self._tag(tag, attrs)
+        self._in_style = tag == "style"
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self._tag(tag, attrs)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "style":
+            self._in_style = False
+
+    def handle_data(self, data: str) -> None:
+        if self._in_style and _CSS_FETCH.search(data):
+            self.found.append(f"<style>{_CSS_FETCH.search(data).group(0)}...")  # type: ignore[union-attr]
+
+    def _tag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in _FETCHING_TAGS:
+            self.found.append(f"<{tag}>")
+        values = {name: (value or "") for name, value in attrs}
+        if tag == "meta" and values.get("http-equiv", "").lower() == "refresh":
+            self.found.append("<meta http-equiv=refresh>")
+        for name, value in values.items():
+            target = value.strip()
+            if name.startswith("on"):
+                self.found.append(f"<{tag} {name}=...>")
+            elif name == "style" and _CSS_FETCH.search(value):
+                self.found.append(f'<{tag} style="{value[:60]}">')
+            elif name in _URL_ATTRIBUTES and not (
+                target.startswith("data:") or (name == "href" and target.startswith("#"))
+            ):
+                self.found.append(f'<{tag} {name}="{target[:60]}">')
 
 
 def external_references(page: str) -> list[str]:
-    """Every reference in an HTML page that would leave the file: URLs with a scheme, ``src=``/
-    ``href=`` that are not ``data:`` or in-page anchors, CSS ``url(...)`` and ``@import``."""
-    return [page[max(m.start() - 20, 0) : m.end() + 40] for m in _URL.finditer(page)]
+    """What an HTML page would load or run from outside itself, parsed as a browser reads it:
+    ``src``/``href`` (and other URL attributes) that are not ``data:`` or an in-page anchor, CSS
+    ``url(...)``/``@import`` in ``<style>`` or a ``style`` attribute, scripts, frames, objects,
+    ``<link>``/``<base>``, event-handler attributes and a meta refresh. Text is not looked at: a
+    run named ``url(x)`` is escaped text, which loads nothing."""
+    parser = _References()
+    parser.feed(page)
+    parser.close()
+    return parser.found
 
 
 def write_report(report: Report, out_dir: Path) -> list[Path]:
@@ -284,7 +386,7 @@ def write_report(report: Report, out_dir: Path) -> list[Path]:
     duplicated = {f.name for f in figures if [g.name for g in figures].count(f.name) > 1}
     if duplicated:
         raise ValueError(f"figure names repeat: {sorted(duplicated)}")
-    with staged_output(out_dir) as tmp:
+    with staged_output(out_dir, report_output) as tmp:
         for figure in figures:
             (tmp / figure.name).write_bytes(figure.png)
             names.append(figure.name)

@@ -7,7 +7,7 @@
   Nets", arXiv:1712.09913, Sec. 4) and the straight path from each group's baseline run to every
   other run of the group, on at most ``slice_targets`` training targets;
 * one-shot global magnitude pruning on the held-out set (Functional-SAM: Singh, Mobahi, Agarwala
-  & Dauphin, ICML 2025, Fig. 5; :mod:`landscape.prune`).
+  & Dauphin 2025, arXiv 2502.02407, Fig. 5; :mod:`landscape.prune`).
 
 :func:`measure_runs` returns a :class:`Measurements`; :mod:`landscape.report.compose` lays it out.
 """

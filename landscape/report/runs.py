@@ -21,6 +21,7 @@ from typing import Any
 
 import pandas as pd
 
+from landscape import metrics as registry
 from landscape import runs as run_files
 from landscape.errors import UserError
 from landscape.optim.rules import RULES
@@ -97,10 +98,12 @@ class RunData:
         return run_domain(self.config)
 
     def diagnostics(self) -> pd.DataFrame:
-        """The records that carry curvature diagnostics (``lambda_max`` present), by step."""
-        if self.metrics.empty or "lambda_max" not in self.metrics:
+        """The records that carry curvature diagnostics (a diagnostic metric's key present; see
+        :func:`landscape.metrics.diagnostic_keys`), by step."""
+        keys = [k for k in registry.diagnostic_keys() if k in self.metrics]
+        if self.metrics.empty or not keys:
             return self.metrics.iloc[0:0]
-        return self.metrics[self.metrics["lambda_max"].notna()].reset_index(drop=True)
+        return self.metrics[self.metrics[keys].notna().any(axis=1)].reset_index(drop=True)
 
 
 def run_domain(config: dict[str, Any]) -> str:
@@ -151,7 +154,10 @@ def load_run(run_dir: Path, group: str | None = None) -> RunData:
             f"{run_dir} is not a run folder (no {run_files.CONFIG_FILE}; a suite folder has {run_files.SUITE_FILE})"
         )
     config = run_files.read_config(run_dir)
-    if not (run_dir / run_files.FINAL_FILE).is_file():
+    final = run_dir / run_files.FINAL_FILE
+    if final.exists() and not final.is_file():
+        raise UserError(f"{final} is not a file (a folder or a special file has its name)")
+    if not final.is_file():
         raise UserError(
             f"run {run_dir} has not finished (no final.pt): continue it with landscape train --resume {run_dir}"
         )

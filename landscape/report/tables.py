@@ -1,4 +1,5 @@
-"""The report's tables: the comparison of runs (Functional-SAM Table 4 style), pruning, rho sweep.
+"""The report's tables: the comparison of runs (in the style of Table 4 of Functional-SAM: Singh,
+Mobahi, Agarwala & Dauphin 2025, arXiv 2502.02407), pruning, rho sweep.
 
 Each table is a pandas frame with machine-readable column names (written to CSV at full
 precision) plus a :class:`Table` of display strings (rendered into HTML and Markdown by
@@ -7,9 +8,10 @@ precision) plus a :class:`Table` of display strings (rendered into HTML and Mark
 * eval loss / accuracy: ``summary.json`` (the whole held-out set, final weights);
 * train loss / accuracy: the final weights on the training split, measured by the report
   builder (``train_evals``); without it, the mean batch loss of the last logged steps;
-* curvature: ``analysis.json`` (the final analysis of ``final.pt``); a run without one falls back
-  to its last diagnostic record (a small fixed subset, rough budgets), which the
-  ``curvature_source`` column says;
+* curvature: the comparison columns of the metrics (:func:`landscape.metrics.comparison_columns`),
+  from ``analysis.json`` (the final analysis of ``final.pt``); a run without one falls back to its
+  last diagnostic record (a small fixed subset, rough budgets), which the ``curvature_source``
+  column says;
 * step time: training wall-clock per update, diagnostics excluded (``metrics.jsonl``).
 """
 
@@ -23,12 +25,13 @@ from typing import Any
 
 import pandas as pd
 
+from landscape import metrics as registry
 from landscape.report.runs import RunData, step_time_seconds
 
 __all__ = [
-    "COMPARISON_COLUMNS",
     "Column",
     "Table",
+    "comparison_columns",
     "comparison_frame",
     "comparison_table",
     "format_value",
@@ -82,7 +85,7 @@ class Table:
     """Per column ``"l"`` (text) or ``"r"`` (numbers); empty: the first column left, the rest right."""
 
 
-COMPARISON_COLUMNS = [
+_LEADING = (
     Column("run", "run", "s"),
     Column("method", "method", "s"),
     Column("rho", "rho", "rho"),
@@ -90,33 +93,25 @@ COMPARISON_COLUMNS = [
     Column("train_accuracy", "train acc", ".4f", "max"),
     Column("eval_loss", "eval loss", ".4f", "min"),
     Column("eval_accuracy", "eval acc", ".4f", "max"),
-    Column("lambda_max", "λmax(H)", ".4g", "min"),
-    Column("lambda_min", "λmin(H)", ".4g"),
-    Column("trace", "tr(H)", ".4g", "min"),
-    Column("ggn_trace", "tr(G)", ".4g", "min"),
-    Column("functional_trace", "tr(H_F)", ".4g"),
-    Column("tau_logit", "τ_logit", ".3f"),
-    Column("tau_func", "τ_func", ".3f"),
-    Column("tau_cross", "τ_cross", ".3f"),
-    Column("step_time_ms", "step time (ms)", ".3g"),
-]
-"""The comparison table's columns, in order (the CSV holds these and a few more)."""
-
-_CURVATURE_KEYS = (
-    "lambda_max",
-    "lambda_max_residual",
-    "lambda_min",
-    "trace",
-    "trace_stderr",
-    "ggn_lambda_max",
-    "ggn_trace",
-    "ggn_trace_stderr",
-    "functional_trace",
-    "functional_trace_stderr",
-    "tau_logit",
-    "tau_func",
-    "tau_cross",
 )
+_TRAILING = (Column("step_time_ms", "step time (ms)", ".3g"),)
+
+
+def comparison_columns() -> list[Column]:
+    """The comparison table's columns, in order: run, method, rho, losses and accuracies, the
+    metrics' shown columns (from the registry; a lower-is-flatter one marks its lowest value in
+    bold) and the step time. The CSV holds these and a few more."""
+    measured = [
+        Column(c.key, c.label, c.format, "min" if c.flatness == "lower" else None)
+        for c in registry.comparison_columns()
+        if c.shown
+    ]
+    return [*_LEADING, *measured, *_TRAILING]
+
+
+def _curvature_keys() -> tuple[str, ...]:
+    """The metrics' columns of ``comparison.csv`` (shown in the table or not), in order."""
+    return tuple(dict.fromkeys(c.key for c in registry.comparison_columns()))
 
 
 def _num(value: Any) -> float | None:
@@ -171,18 +166,19 @@ def comparison_frame(runs: Sequence[RunData], train_evals: dict[str, Any] | None
         if row["eval_loss"] is None:
             row["eval_loss"] = _last(run.metrics, "eval_loss")
             row["eval_accuracy"] = _last(run.metrics, "eval_accuracy")
+        curvature_keys = _curvature_keys()
         if analysis is not None:
-            for key in _CURVATURE_KEYS:
+            for key in curvature_keys:
                 row[key] = _num(analysis.get(key))
             row["curvature_targets"] = analysis.get("num_targets")
             row["curvature_source"] = f"final analysis ({analysis.get('num_targets')} training targets)"
         elif not diag.empty:
-            for key in _CURVATURE_KEYS:
+            for key in curvature_keys:
                 row[key] = _last(diag, key)
             row["curvature_targets"] = None
             row["curvature_source"] = "last training diagnostic (small subset)"
         else:
-            for key in _CURVATURE_KEYS:
+            for key in curvature_keys:
                 row[key] = None
             row["curvature_targets"] = None
             row["curvature_source"] = "none"
@@ -229,7 +225,7 @@ def _display(
 
 def comparison_table(frame: pd.DataFrame, caption: str = "") -> Table:
     """The comparison table for display; the notes say where the numbers come from."""
-    columns = list(COMPARISON_COLUMNS)
+    columns = comparison_columns()
     if "method_id" in frame and (frame["run"] == frame["method_id"]).all():
         columns = [c for c in columns if c.key != "run"]  # the run is named after its method
     if frame["rho"].isna().all():

@@ -26,10 +26,11 @@ from torch import Tensor, nn
 
 from landscape.checkpoints import save_atomic, torch_load
 from landscape.errors import UserError
-from landscape.runs.layout import FINAL_FILE, checkpoint_path
+from landscape.runs.layout import FINAL_FILE, checkpoint_path, checkpoint_step
 
 __all__ = [
     "FORMAT",
+    "check_checkpoint_step",
     "final_payload",
     "load_run_checkpoint",
     "model_state",
@@ -69,10 +70,22 @@ def save_run_checkpoint(run_dir: Path, step: int, state: Mapping[str, Any]) -> P
     return save_atomic(payload, checkpoint_path(run_dir, step))
 
 
+# A run checkpoint is never unpickled: landscape writes only tensors and plain values into it.
+_NEVER_TRUSTED = (
+    "landscape writes only tensors and plain values into a training checkpoint, so this one was "
+    "altered or written by something else; training checkpoints are always read weights-only "
+    "(--trust-checkpoint does not apply to them): start a new run, with --init for its weights"
+)
+
+
 def load_run_checkpoint(path: Path) -> dict[str, Any]:
-    """Read a step checkpoint with ``torch.load(weights_only=True)``; ``UserError`` if it is not one."""
+    """Read a step checkpoint with ``torch.load(weights_only=True)``; ``UserError`` if it is not one.
+
+    Always weights-only, whatever the caller trusts: a file that holds pickled objects is refused
+    (a training checkpoint written by landscape holds none).
+    """
     path = Path(path)
-    obj = torch_load(path, trust_checkpoint=False)
+    obj = torch_load(path, trust_checkpoint=False, advice=_NEVER_TRUSTED)
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise UserError(f"{path} is not a landscape training checkpoint")
     if obj.get("version") != VERSION:
@@ -81,6 +94,21 @@ def load_run_checkpoint(path: Path) -> dict[str, Any]:
     if missing:
         raise UserError(f"training checkpoint {path} lacks {', '.join(missing)}")
     return obj
+
+
+def check_checkpoint_step(path: Path, state: Mapping[str, Any], steps: int) -> int:
+    """The step a run checkpoint holds, checked: an integer, the one in its file name
+    (``step-N.pt``) and within the run's ``0 .. steps``; else a one-line ``UserError`` naming the file."""
+    path = Path(path)
+    step = state.get("step")
+    if isinstance(step, bool) or not isinstance(step, int):
+        raise UserError(f"training checkpoint {path} holds step {step!r}, not a whole number")
+    named = checkpoint_step(path)
+    if named is not None and named != step:
+        raise UserError(f"training checkpoint {path} holds step {step}, but its file name says step {named}")
+    if not 0 <= step <= steps:
+        raise UserError(f"training checkpoint {path} holds step {step}, outside the run's 0 to {steps} steps")
+    return step
 
 
 def model_state(model: nn.Module) -> dict[str, Tensor]:

@@ -36,13 +36,22 @@ __all__ = [
 ]
 
 
+def _check_file(path: Path) -> None:
+    """A name of the layout that is there but is no file (a folder named ``config.json``) is an error."""
+    if path.exists() and not path.is_file():
+        raise UserError(f"{path} is not a file (a folder or a special file stands where it should be)")
+
+
 def read_json_object(path: Path) -> dict[str, Any] | None:
     """The JSON object in ``path``; ``None`` when there is no such file."""
     path = Path(path)
+    _check_file(path)
     if not path.is_file():
         return None
     try:
-        payload = json.loads(path.read_text())
+        payload = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise UserError(f"cannot read {path}: it holds bytes that are not UTF-8 text") from None
     except (OSError, ValueError) as exc:
         raise UserError(f"cannot read {path}: {exc}") from None
     if not isinstance(payload, dict):
@@ -59,7 +68,31 @@ def read_config(run_dir: Path) -> dict[str, Any]:
     version = payload.get("version", CONFIG_VERSION)
     if version != CONFIG_VERSION:
         raise UserError(f"{path} has version {version}; this landscape reads {CONFIG_VERSION}")
+    _check_config_fields(payload, path)
     return payload
+
+
+# The fields every reader of config.json relies on, and what each must hold when present
+# (the run configuration checks all of them when training; the report reads these directly).
+_CONFIG_COUNTS = ("steps", "seed", "batch_size", "seq_len", "log_every", "checkpoint_every", "diagnose_every")
+_CONFIG_NUMBERS = ("rho", "lr", "eval_fraction")
+_CONFIG_TEXTS = ("name", "method", "model", "data", "eval_data", "loss", "dtype")
+
+
+def _check_config_fields(payload: dict[str, Any], path: Path) -> None:
+    """Counts are non-negative integers, numbers are numbers, names are text (``null`` allowed)."""
+    for key in _CONFIG_COUNTS:
+        value = payload.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise UserError(f"{path}: {key} must be a non-negative integer, got {value!r}")
+    for key in _CONFIG_NUMBERS:
+        value = payload.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise UserError(f"{path}: {key} must be a number, got {value!r}")
+    for key in _CONFIG_TEXTS:
+        value = payload.get(key)
+        if value is not None and not isinstance(value, str):
+            raise UserError(f"{path}: {key} must be text, got {value!r}")
 
 
 def read_summary(run_dir: Path) -> dict[str, Any] | None:
@@ -113,11 +146,34 @@ def find_run_dirs(path: Path) -> list[tuple[Path, str | None]]:
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """The records of a ``metrics.jsonl`` (a run folder or the file itself)."""
+    """The records of a ``metrics.jsonl`` (a run folder or the file itself): JSON objects, one a
+    line, each with an integer ``step``; anything else is a one-line ``UserError`` naming the
+    file, the line and the problem."""
     path = Path(path)
-    if path.is_dir():
+    if path.is_dir() and path.name != METRICS_FILE:
         path = path / METRICS_FILE
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    _check_file(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {exc.strerror or exc}") from None
+    records = []
+    for number, raw in enumerate(data.splitlines(), start=1):
+        if not raw.strip():
+            continue
+        try:
+            record = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise UserError(f"{path} line {number} holds bytes that are not UTF-8 text") from None
+        except ValueError as exc:
+            raise UserError(f"{path} line {number} is not JSON ({exc})") from None
+        if not isinstance(record, dict):
+            raise UserError(f"{path} line {number} is a JSON {type(record).__name__}, not an object")
+        step = record.get("step")
+        if isinstance(step, bool) or not isinstance(step, int):
+            raise UserError(f"{path} line {number} has no integer step (got {step!r})")
+        records.append(record)
+    return records
 
 
 def strip_timing(record: dict[str, Any]) -> dict[str, Any]:

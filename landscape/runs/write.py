@@ -8,7 +8,6 @@ its meaning; :mod:`landscape.train` decides what goes into a run folder, ``lands
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -21,6 +20,7 @@ from landscape.runs.files import (
     json_line,
     staged_output,
     write_text_atomic,
+    writing,
 )
 from landscape.runs.layout import (
     ANALYSIS_FILE,
@@ -33,9 +33,12 @@ from landscape.runs.layout import (
     SUITE_VERSION,
     SUMMARY_FILE,
     SURFACE_FILE,
+    analysis_output,
     holds_run,
     prune_file_names,
+    prune_output,
     surface_figure_name,
+    surface_output,
 )
 
 if TYPE_CHECKING:
@@ -98,27 +101,57 @@ def open_metrics(run_dir: Path) -> TextIO:
 
 def append_record(log: TextIO, record: dict[str, Any]) -> None:
     """Append one record to an open ``metrics.jsonl`` and flush it: a killed process leaves whole
-    lines (and at most one torn last line, which :func:`truncate_metrics` drops)."""
-    log.write(json_line(record))
-    log.flush()
+    lines (and at most one torn last line, which :func:`truncate_metrics` drops). A full disk is
+    one line naming the file."""
+    with writing(Path(getattr(log, "name", METRICS_FILE))):
+        log.write(json_line(record))
+        log.flush()
 
 
 def truncate_metrics(run_dir: Path, step: int) -> None:
-    """Keep the records up to ``step``; drop later ones and a torn last line (killed mid-write)."""
+    """Keep the records up to ``step``; drop later ones and a torn last line (killed mid-write).
+
+    Only the last line can be torn; a line that is not a JSON object with an integer ``step``
+    (binary bytes, say) with records after it is damage, not a torn write: ``UserError`` naming
+    the file and the line, and the file is left as it is.
+    """
     path = Path(run_dir) / METRICS_FILE
     if not path.exists():
         write_text_atomic(path, "")
         return
+    if not path.is_file():
+        raise UserError(f"{path} is not a file")
+    lines = path.read_bytes().splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
     kept = []
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            break  # only the last line can be torn: nothing valid follows it
-        if not isinstance(record, dict) or record.get("step", math.inf) > step:
+    for number, raw in enumerate(lines, start=1):
+        record, problem = _parse_record(raw)
+        if problem is not None:
+            if number == len(lines):
+                break  # a torn last line
+            raise UserError(f"cannot resume: {path} line {number} {problem}")
+        assert record is not None
+        if record["step"] > step:
             break
-        kept.append(line + "\n")
+        kept.append(raw.decode("utf-8") + "\n")
     write_text_atomic(path, "".join(kept))
+
+
+def _parse_record(raw: bytes) -> tuple[dict[str, Any] | None, str | None]:
+    """A ``metrics.jsonl`` line as a record, or ``(None, what is wrong with it)``."""
+    try:
+        record = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        return None, "holds bytes that are not UTF-8 text"
+    except ValueError as exc:
+        return None, f"is not JSON ({exc})"
+    if not isinstance(record, dict):
+        return None, f"is a JSON {type(record).__name__}, not an object"
+    step = record.get("step")
+    if isinstance(step, bool) or not isinstance(step, int):
+        return None, "has no integer step"
+    return record, None
 
 
 def write_summary(run_dir: Path, summary: Mapping[str, Any]) -> Path:
@@ -146,20 +179,22 @@ def write_analysis(
     ``figures``), atomically. Returns the paths written.
     """
     from landscape.figures import density_figure, save_png
+    from landscape.metrics.density import DENSITY
 
     out_dir = Path(out_dir)
     payload = result.to_dict()
+    density = payload.get(DENSITY)
     if context:
         payload["context"] = context
     names = [ANALYSIS_FILE]
-    with staged_output(out_dir) as tmp:
+    with staged_output(out_dir, analysis_output) as tmp:
         (tmp / ANALYSIS_FILE).write_text(dumps_json(payload))
         if result.layers:
             result.layers_frame().to_csv(tmp / LAYERS_FILE, index=False, float_format="%.8g")
             names.append(LAYERS_FILE)
-        if result.density and figures:
+        if density and figures:
             title = f"{context.get('model', '')} on {context.get('data', '')}" if context else ""
-            save_png(density_figure(result.density, title=title), tmp / DENSITY_FILE)
+            save_png(density_figure(density, title=title), tmp / DENSITY_FILE)
             names.append(DENSITY_FILE)
     return [out_dir / n for n in names]
 
@@ -173,7 +208,7 @@ def write_surface(surface: Any, out_dir: Path, context: dict[str, Any] | None = 
     if context:
         payload["context"] = context
     names = [SURFACE_FILE]
-    with staged_output(out_dir) as tmp:
+    with staged_output(out_dir, surface_output) as tmp:
         (tmp / SURFACE_FILE).write_text(dumps_json(payload))
         for key, fig in surface_figures(payload).items():
             save_png(fig, tmp / surface_figure_name(key))
@@ -185,7 +220,7 @@ def write_prune_results(out_dir: Path, stem: str, payload: dict[str, Any], rows:
     """Write ``prune-<stem>.json`` (``payload``) and ``prune-<stem>.csv`` (``rows``) atomically."""
     out_dir = Path(out_dir)
     names = prune_file_names(stem)
-    with staged_output(out_dir) as tmp:
+    with staged_output(out_dir, prune_output(stem)) as tmp:
         (tmp / names[0]).write_text(dumps_json(payload))
         rows.to_csv(tmp / names[1], index=False, float_format="%.8g")
     return [out_dir / n for n in names]

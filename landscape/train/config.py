@@ -134,6 +134,11 @@ def parse_float_list(text: str | float | None, what: str) -> list[float]:
     return values
 
 
+PROVENANCE_KEY = "provenance"
+"""The key of ``config.json`` that records what made the run (:func:`landscape.provenance.provenance`);
+a ``config.json`` written before it existed has none and loads and resumes as before."""
+
+
 @dataclass
 @_with_method_options
 class RunConfig:
@@ -213,6 +218,8 @@ class RunConfig:
         ``config.json`` is dropped; one that is set raises ``UserError`` naming what replaced it."""
         if not isinstance(payload, dict):
             raise UserError(f"{where} is not a JSON object")
+        # what made the run (config.json since provenance was recorded): not part of the config
+        payload = {k: v for k, v in payload.items() if k != PROVENANCE_KEY}
         known = {f.name for f in dataclasses.fields(cls)}
         retired = [key for key in payload if key in RETIRED_OPTIONS and key not in known]
         for key in retired:

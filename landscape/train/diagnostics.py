@@ -5,26 +5,29 @@ Every ``diagnose_every`` steps the training loop records, on a fixed subset of t
 (the same items at every step and for every method of a suite):
 
 * ``diag_loss`` and ``grad_norm``: the full-subset loss and gradient norm;
-* ``lambda_max``: the top Hessian eigenvalue (Lanczos, relative tolerance 1e-2, at most
-  ``max_iter`` = 20 steps; ``lambda_max_residual`` says how far it is from converged);
-* ``trace`` (tr H) and ``ggn_trace`` (tr G), ``ggn_lambda_max`` and ``functional_trace``
-  (tr H_F = tr(H - G), Functional-SAM Eq. 8): XTrace with ``trace_samples`` = 24 products each;
-* ``tau_logit``, ``tau_func``, ``tau_cross``: the normalised split of the sharpness gradient
-  ``H g`` into its Gauss-Newton and functional parts (Functional-SAM Eq. 9; they sum to 1);
+* the keys of every metric of the registry that declares a training diagnostic
+  (:func:`landscape.metrics.diagnostic_keys`), measured by one :func:`landscape.analysis.analyze`
+  call with the metrics' diagnostic budgets (:func:`landscape.metrics.diagnostic_budget`). Built
+  in: ``lambda_max`` and ``lambda_max_residual`` (Lanczos, relative tolerance 1e-2, at most
+  ``max_iter`` = 20 steps), ``trace`` (tr H) and ``trace_stderr``, ``ggn_lambda_max``,
+  ``ggn_trace`` (tr G) with ``ggn_trace_stderr`` and ``functional_trace`` (tr H_F = tr(H - G))
+  with ``functional_trace_stderr`` (Singh, Mobahi, Agarwala & Dauphin 2025, arXiv 2502.02407,
+  Eq. 8), XTrace with ``trace_samples`` = 24 products each, and ``tau_logit``, ``tau_func``, ``tau_cross`` (the normalised split of the
+  sharpness gradient ``H g`` into its Gauss-Newton and functional parts, Eq. 9 of that paper;
+  they sum to 1);
 * ``weight_norm``: ``||theta||_2`` over the trained parameters;
 * ``eval_loss`` and ``eval_accuracy`` on the whole held-out set;
 * for the LoRA methods (``lora``, ``fmlora``, ``efmlora``) also :data:`LORA_DIAGNOSTIC_KEYS`:
   ``cond_A_max`` and ``cond_A_mean`` (the condition numbers of the adapters' A, the paper's
   failure signature when they grow), ``perturbation_norm`` (the realised ``||s E A||`` of the last
   step; 0 for ``lora``) and, for ``efmlora``, ``ema_sharpness_gap`` (``|S_EMA - S_SAM|`` on the
-  diagnostic subset, Theorem 2 of arXiv 2508.00522).
+  diagnostic subset, Theorem 2 of Deng, Zhu, Pang, Yang, Fu & Zhang 2025, arXiv 2508.00522).
 
 For the LoRA methods the trained parameters are the adapters, so the curvature numbers and
 ``weight_norm`` are those of the loss restricted to the adapters.
 
-All curvature numbers come from :func:`landscape.analysis.analyze` with small budgets. Measured
-on one CPU thread: 0.3-0.4 s per diagnostic for the built-in MLP on 1024 digits, 3.6-4.5 s for the
-built-in transformer on 16 sequences of 64 bytes (69 Hessian and 59 GGN products). The
+Measured on one CPU thread: 0.3-0.4 s per diagnostic for the built-in MLP on 1024 digits, 3.6-4.5
+s for the built-in transformer on 16 sequences of 64 bytes (69 Hessian and 59 GGN products). The
 estimates are rough (XTrace with 24 products has a few percent standard error on these models);
 they are for watching trends, and the final analysis of ``final.pt`` uses analyze's full budgets.
 """
@@ -38,6 +41,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from landscape import metrics
 from landscape.analysis import analyze
 from landscape.data import IGNORE_INDEX, Dataset
 from landscape.evaluation import evaluate
@@ -47,30 +51,19 @@ __all__ = [
     "DIAGNOSTIC_KEYS",
     "LORA_DIAGNOSTIC_KEYS",
     "diagnose",
+    "is_diagnostic",
     "lora_diagnostics",
     "unigram_baseline",
     "weight_norm",
 ]
 
-DIAGNOSTIC_KEYS = (
-    "diag_loss",
-    "grad_norm",
-    "lambda_max",
-    "lambda_max_residual",
-    "trace",
-    "trace_stderr",
-    "ggn_lambda_max",
-    "ggn_trace",
-    "ggn_trace_stderr",
-    "functional_trace",
-    "tau_logit",
-    "tau_func",
-    "tau_cross",
-    "weight_norm",
-    "eval_loss",
-    "eval_accuracy",
-)
-"""The keys a diagnostic adds to a ``metrics.jsonl`` record (plus the timing field ``diag_time_s``)."""
+_BEFORE = ("diag_loss", "grad_norm")
+_AFTER = ("weight_norm", "eval_loss", "eval_accuracy")
+
+DIAGNOSTIC_KEYS = metrics.LiveNames(lambda: (*_BEFORE, *metrics.diagnostic_keys(), *_AFTER))
+"""The keys a diagnostic adds to a ``metrics.jsonl`` record (plus the timing field ``diag_time_s``):
+the loss and gradient norm, the diagnostic metrics' keys (read from the registry when used), the
+weight norm and the held-out evaluation."""
 
 LORA_DIAGNOSTIC_KEYS = ("cond_A_max", "cond_A_mean", "perturbation_norm", "ema_sharpness_gap")
 """What a diagnostic adds for the LoRA rules (``ema_sharpness_gap`` for ``efmlora`` only)."""
@@ -113,38 +106,38 @@ def unigram_baseline(train: Dataset, eval_data: Dataset | None = None) -> dict[s
     return out
 
 
+def is_diagnostic(record: dict[str, Any]) -> bool:
+    """Whether a ``metrics.jsonl`` record carries the curvature diagnostics."""
+    return any(record.get(key) is not None for key in metrics.diagnostic_keys())
+
+
 def diagnose(
     model: nn.Module,
     subset: Dataset,
     eval_data: Dataset,
     loss: str,
     *,
-    max_iter: int = 20,
-    trace_samples: int = 24,
+    max_iter: int | None = None,
+    trace_samples: int | None = None,
     seed: int = 0,
     rule: GradientRule | None = None,
 ) -> dict[str, Any]:
     """One diagnostic record (keys ``DIAGNOSTIC_KEYS`` and ``diag_time_s``), see the module docstring.
 
-    ``rule``: the run's gradient rule; a LoRA rule adds :func:`lora_diagnostics`. Leaves the model
-    as it was: weights, train/eval mode and the global torch RNG state (so that training with and
-    without diagnostics follows the same trajectory).
+    The curvature comes from the registry's diagnostic metrics with their budgets;
+    ``max_iter`` and ``trace_samples`` (when given) replace the budgets' Lanczos steps and trace
+    products. ``rule``: the run's gradient rule; a LoRA rule adds :func:`lora_diagnostics`. Leaves
+    the model as it was: weights, train/eval mode and the global torch RNG state (so that training
+    with and without diagnostics follows the same trajectory).
     """
     started = time.perf_counter()
     was_training = model.training
+    chosen = [m.name for m in metrics.diagnostic_metrics()]
+    budget = metrics.diagnostic_budget()
+    budget |= {k: v for k, v in (("max_iter", max_iter), ("trace_samples", trace_samples)) if v is not None}
     with torch.random.fork_rng(devices=[]):
         try:
-            result = analyze(
-                model,
-                subset,
-                loss,
-                "eigen,trace,ggn,tau",
-                top_k=1,
-                tol=1e-2,
-                max_iter=max_iter,
-                trace_samples=trace_samples,
-                seed=seed,
-            )
+            result = analyze(model, subset, loss, chosen, **budget, seed=seed)
             evaluation = evaluate(model, eval_data, loss)
             adapters = lora_diagnostics(rule, model, subset, loss) if rule is not None else {}
         finally:
@@ -152,17 +145,7 @@ def diagnose(
     record: dict[str, Any] = {
         "diag_loss": result.loss,
         "grad_norm": result.grad_norm,
-        "lambda_max": result.lambda_max,
-        "lambda_max_residual": result.lambda_max_residual,
-        "trace": result.trace,
-        "trace_stderr": result.trace_stderr,
-        "ggn_lambda_max": result.ggn_lambda_max,
-        "ggn_trace": result.ggn_trace,
-        "ggn_trace_stderr": result.ggn_trace_stderr,
-        "functional_trace": result.functional_trace,
-        "tau_logit": result.tau_logit,
-        "tau_func": result.tau_func,
-        "tau_cross": result.tau_cross,
+        **{key: getattr(result, key) for key in metrics.diagnostic_keys()},
         "weight_norm": weight_norm(model),
         "eval_loss": evaluation.loss,
         "eval_accuracy": evaluation.accuracy,

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from landscape import runs
+from landscape import metrics, runs
 from landscape.evaluation import evaluate
 from landscape.train import ranks
 from landscape.train.diagnostics import weight_norm
@@ -30,7 +30,12 @@ __all__ = ["RunSummary", "analyse_final", "finish_run"]
 
 @dataclass
 class RunSummary:
-    """The outcome of one run (the contents of ``summary.json``)."""
+    """The outcome of one run (the contents of ``summary.json``).
+
+    ``curvature`` holds the numbers of the final analysis that the metrics declare as headlines
+    (:func:`landscape.metrics.headlines`); ``summary.json`` has them as top-level keys after
+    ``weight_norm``, and they read as attributes (``summary.lambda_max``).
+    """
 
     name: str
     run_dir: str
@@ -44,24 +49,31 @@ class RunSummary:
     unigram_entropy: float | None = None
     unigram_eval_loss: float | None = None
     weight_norm: float | None = None
-    lambda_max: float | None = None
-    trace: float | None = None
-    ggn_trace: float | None = None
-    tau_logit: float | None = None
-    tau_func: float | None = None
-    tau_cross: float | None = None
+    curvature: dict[str, Any] = field(default_factory=dict)
     train_seconds: float = 0.0
     files: list[str] = field(default_factory=list)
 
+    def __getattr__(self, name: str) -> Any:
+        if not name.startswith("__") and name in {h.key for h in metrics.headlines()}:
+            return self.__dict__.get("curvature", {}).get(name)
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict."""
-        return dataclasses.asdict(self)
+        """A JSON-ready dict (the headline numbers flat, after ``weight_norm``)."""
+        out: dict[str, Any] = {}
+        for key, value in dataclasses.asdict(self).items():
+            if key == "curvature":
+                out |= {h.key: value.get(h.key) for h in metrics.headlines()}
+            else:
+                out[key] = value
+        return out
 
     @classmethod
     def from_dict(cls, payload: dict[str, Any]) -> RunSummary:
         """Inverse of :meth:`to_dict` (unknown keys are ignored)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in payload.items() if k in names})
+        names = {f.name for f in dataclasses.fields(cls)} - {"curvature"}
+        curvature = {h.key: payload.get(h.key) for h in metrics.headlines() if h.key in payload}
+        return cls(**{k: v for k, v in payload.items() if k in names}, curvature=curvature)
 
 
 def analyse_final(
@@ -172,12 +184,5 @@ def _final_analysis(
         },
         progress=stage,
     )
-    summary.lambda_max = result.lambda_max
-    summary.trace = result.trace
-    summary.ggn_trace = result.ggn_trace
-    summary.tau_logit, summary.tau_func, summary.tau_cross = (
-        result.tau_logit,
-        result.tau_func,
-        result.tau_cross,
-    )
+    summary.curvature = {h.key: getattr(result, h.key) for h in metrics.headlines()}
     return written

@@ -28,7 +28,7 @@ from landscape.errors import UserError
 from landscape.optim import PerturbationRule
 from landscape.train import ranks
 from landscape.train.config import learning_rate_at
-from landscape.train.diagnostics import diagnose
+from landscape.train.diagnostics import diagnose, is_diagnostic
 from landscape.train.interrupt import StopRequest, TrainingInterrupted
 from landscape.train.setup import PreparedRun
 
@@ -170,5 +170,5 @@ def train_steps(
                     raise TrainingInterrupted(run_dir, step, path)
     if start_step >= steps:  # resumed after the last step: the last record holds the diagnostics
         records = runs.read_metrics(run_dir)
-        last_diag = next((r for r in reversed(records) if "lambda_max" in r), None)
+        last_diag = next((r for r in reversed(records) if is_diagnostic(r)), None)
     return last_diag

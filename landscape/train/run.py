@@ -21,8 +21,9 @@ from typing import Any
 
 from landscape import runs
 from landscape.errors import UserError
+from landscape.provenance import provenance
 from landscape.train import ranks
-from landscape.train.config import RunConfig
+from landscape.train.config import PROVENANCE_KEY, RunConfig
 from landscape.train.final import RunSummary, finish_run
 from landscape.train.interrupt import StopRequest, TrainingInterrupted
 from landscape.train.loop import ProgressCallback, TrainProgress, train_steps
@@ -69,8 +70,28 @@ def train_run(
     path it stores for model, data or loss runs only when ``named_specs`` names the same spec
     (``{"model": "pkg.mod:factory"}``, the command line's ``--model``) or with
     ``trust_checkpoint``, which also lets an ``init`` checkpoint name the model.
+
+    The run folder is held for this process while it trains
+    (:func:`landscape.runs.locked_output_dir`): a second writer, fresh or resuming, gets
+    ``<folder> is in use by process N`` and changes nothing. A resumed run's checkpoint must hold
+    the step its file name says, within the run's steps.
     """
     run_dir = Path(out_dir)
+    if resume and not run_dir.is_dir():
+        raise UserError(f"{run_dir} is not a run folder (there is no such folder)")
+    with runs.locked_output_dir(run_dir):
+        return _train_held(config, run_dir, progress, resume, trust_checkpoint, named_specs)
+
+
+def _train_held(
+    config: RunConfig | None,
+    run_dir: Path,
+    progress: ProgressCallback | None,
+    resume: bool,
+    trust_checkpoint: bool,
+    named_specs: Mapping[str, str] | None,
+) -> RunSummary:
+    """:func:`train_run` once the run folder is held."""
     report = progress or (lambda _event: None)
     if resume:
         stored = _stored_config(run_dir, config, trust_checkpoint, named_specs)
@@ -134,15 +155,22 @@ def _start(run: PreparedRun, run_dir: Path, resume: bool) -> tuple[int, list[flo
     step, the pending batch losses, the training seconds so far and whether the folder was created."""
     found = runs.latest_checkpoint(run_dir) if resume else None
     if found is None:
-        created = runs.start_run(run_dir, run.config.to_dict()) if ranks.is_leader() else False
+        created = False
+        if ranks.is_leader():
+            written = run.config.to_dict() | {PROVENANCE_KEY: provenance()}  # what made the run
+            try:
+                created = runs.start_run(run_dir, written)
+            except BaseException:  # a full disk, say: no config.json without its metrics.jsonl
+                runs.remove_unstarted_run(run_dir, remove_folder=False)
+                raise
         return 0, [], 0.0, created
     state = runs.load_run_checkpoint(found[1])
     if state["config"] != runs.jsonable(run.config.checkpoint_config()):
         raise UserError(
             f"checkpoint {found[1]} was written by a different configuration than {runs.CONFIG_FILE}"
         )
+    start_step = runs.check_checkpoint_step(found[1], state, run.config.steps)
     pending, elapsed = restore(run, state)
-    start_step = int(state["step"])
     if ranks.is_leader():
         runs.truncate_metrics(run_dir, start_step)
     return start_step, pending, elapsed, False

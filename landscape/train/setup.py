@@ -17,11 +17,13 @@ from torch import nn
 
 from landscape.adapters import add_run_adapters
 from landscape.checkpoints import load_into_model
-from landscape.data import Dataset, validate_labels
+from landscape.data import Dataset
 from landscape.errors import UserError, one_line
 from landscape.evaluation import fixed_subset
+from landscape.losses import LossLike
 from landscape.models import build_model, unwrap_output
 from landscape.optim import GradientRule, make_base_optimizer, make_rule
+from landscape.problem import named_loss
 from landscape.runs import set_rng_state
 from landscape.train.batches import BatchOrder
 from landscape.train.config import (
@@ -128,7 +130,7 @@ def prepare(config: RunConfig) -> PreparedRun:
     )
 
 
-def _check_model_fits_data(model: nn.Module, train: Dataset, eval_data: Dataset, loss: str) -> None:
+def _check_model_fits_data(model: nn.Module, train: Dataset, eval_data: Dataset, loss: LossLike) -> None:
     """Run the model on two training items so that a mismatch fails now with a ``UserError``
     rather than after the first step; check every label against the number of outputs.
 
@@ -145,18 +147,8 @@ def _check_model_fits_data(model: nn.Module, train: Dataset, eval_data: Dataset,
         raise UserError(f"the model cannot run on data '{train.name}': {one_line(exc, 200)}") from None
     finally:
         model.train(was_training)
-    if loss == "cross_entropy":
-        if out.shape[:-1] != train.y[:2].shape:
-            raise UserError(
-                f"model outputs of shape {tuple(out.shape)} do not match targets of shape "
-                f"{tuple(train.y[:2].shape)} (cross-entropy expects logits [..., C] and targets [...])"
-            )
-        validate_labels(train.y, out.shape[-1])
-        validate_labels(eval_data.y, out.shape[-1])
-    elif out.numel() != train.y[:2].numel():
-        raise UserError(
-            f"model outputs of shape {tuple(out.shape)} do not match mse targets {tuple(train.y.shape)}"
-        )
+    # the loss's own checks: shapes, and every label of both data sets against the outputs
+    named_loss(loss, model).check_outputs(out, [train.y[:2], train.y, eval_data.y])
 
 
 def restore(run: PreparedRun, state: dict[str, Any]) -> tuple[list[float], float]:

@@ -35,30 +35,55 @@ def train_suite(
     ``resume=True`` reads the runs from ``suite.json``, returns finished ones as they are and
     continues or starts the others. ``trust_checkpoint`` and ``named_specs``: as in
     :func:`landscape.train.train_run`, for every run of the suite.
+
+    The suite folder is held for this process throughout, and each run folder while it trains
+    (:func:`landscape.runs.locked_output_dir`): a second writer gets one line and changes nothing.
     """
     suite_dir = Path(out_dir)
+    if resume and not suite_dir.is_dir():
+        raise UserError(f"{suite_dir} is not a suite folder (there is no such folder)")
+    with runs.locked_output_dir(suite_dir):
+        return _train_suite_held(configs, suite_dir, progress, resume, trust_checkpoint, named_specs)
+
+
+def _train_suite_held(
+    configs: Sequence[RunConfig] | None,
+    suite_dir: Path,
+    progress: ProgressCallback | None,
+    resume: bool,
+    trust_checkpoint: bool,
+    named_specs: Mapping[str, str] | None,
+) -> list[RunSummary]:
+    """:func:`train_suite` once the suite folder is held."""
     if resume:
         configs = _resumed_configs(suite_dir, trust_checkpoint, named_specs)
     else:
         configs = _fresh_configs(configs, suite_dir, trust_checkpoint)
     summaries: dict[str, RunSummary] = {}
-    for config in configs:
-        assert config.name is not None
-        run_dir = suite_dir / config.name
-        ranks.barrier()  # the previous run's files are written ...
-        started = runs.is_run_folder(run_dir)
-        ranks.barrier()  # ... and every process has looked before rank 0 creates this run's folder
-        try:
-            summaries[config.name] = train_run(
-                None if started else config,
-                run_dir,
-                progress,
-                resume=resume and started,
-                trust_checkpoint=trust_checkpoint,
-                named_specs=named_specs,
-            )
-        except TrainingInterrupted as exc:
-            raise TrainingInterrupted(suite_dir, exc.step, exc.checkpoint) from None
+    try:
+        for config in configs:
+            assert config.name is not None
+            run_dir = suite_dir / config.name
+            ranks.barrier()  # the previous run's files are written ...
+            started = runs.is_run_folder(run_dir)
+            ranks.barrier()  # ... and every process has looked before rank 0 creates this run's folder
+            try:
+                summaries[config.name] = train_run(
+                    None if started else config,
+                    run_dir,
+                    progress,
+                    resume=resume and started,
+                    trust_checkpoint=trust_checkpoint,
+                    named_specs=named_specs,
+                )
+            except TrainingInterrupted as exc:
+                raise TrainingInterrupted(suite_dir, exc.step, exc.checkpoint) from None
+    except BaseException:
+        # a fresh suite whose first run failed before it began leaves no suite behind
+        unstarted = not any(runs.is_run_folder(suite_dir / str(c.name)) for c in configs)
+        if not resume and unstarted and ranks.is_leader():
+            (suite_dir / runs.SUITE_FILE).unlink(missing_ok=True)
+        raise
     if ranks.is_leader():
         runs.write_suite(suite_dir, _entries(configs, summaries))
     return [summaries[c.name] for c in configs if c.name is not None]

@@ -1,0 +1,89 @@
+"""``layers``: the curvature of each parameter tensor's diagonal block of H.
+
+Per parameter tensor b: tr(H_bb) and tr(G_bb) by Hutchinson's estimator with probes shared by all
+blocks (one set of ``layer_samples`` products for every block at once; Bekas, Kokiopoulou & Saad
+2007, "An estimator for the diagonal of a matrix", the diagonal estimator summed over the block),
+tr(H_F,bb) = tr(H_bb) - tr(G_bb) from the same probes, lambda_max(H_bb) by Lanczos on the block
+(at most ``layer_max_iter`` steps; its residual says how far it got) and the block's share of the
+tau split (:func:`landscape.metrics.tau.layer_values`). Its columns carry the names of the
+whole-model quantities they restrict to the block (``layers.csv``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from landscape.metrics import eigen, ggn, tau, trace
+from landscape.metrics.base import GGN, Context, Metric, Outcome, SeedStream
+
+SEEDS = SeedStream(6)
+"""The shared probes of the block traces (one seed for H and G), then one Lanczos start per tensor."""
+
+COLUMNS = (
+    trace.TRACE,
+    trace.STDERR,
+    ggn.TRACE,
+    ggn.TRACE_STDERR,
+    ggn.FUNCTIONAL_TRACE,
+    eigen.LAMBDA_MAX,
+    eigen.LAMBDA_MAX_RESIDUAL,
+    tau.LOGIT,
+    tau.FUNC,
+    tau.CROSS,
+)
+
+
+def compute(ctx: Context) -> Outcome:
+    """Block traces of H and G, each block's lambda_max and its tau split."""
+    from landscape.curvature.eigen import lanczos
+    from landscape.curvature.operators import BlockOperator
+    from landscape.curvature.trace import block_traces
+
+    settings = ctx.settings
+    seeds = SEEDS.draw(settings.seed)
+    whole = tau.split(ctx)
+    blocks = ctx.problem.blocks()
+    slices = [sl for _, sl in blocks]
+    ctx.report("per-layer traces")
+    probes = next(seeds)
+    htr = block_traces(ctx.H, slices, num_products=settings.layer_samples, seed=probes)
+    gtr = block_traces(ctx.G, slices, num_products=settings.layer_samples, seed=probes)
+    rows: list[dict[str, Any]] = []
+    for i, (name, sl) in enumerate(blocks):
+        ctx.report(f"per-layer lambda_max: {name}")
+        size = sl.stop - sl.start
+        top = lanczos(
+            BlockOperator(ctx.H, sl),
+            k=1,
+            which="LA",
+            tol=settings.tol,
+            max_iter=min(size, settings.layer_max_iter),
+            seed=next(seeds),
+        )
+        rows.append(
+            {
+                "name": name,
+                "num_params": size,
+                trace.TRACE: htr[i].estimate,
+                trace.STDERR: htr[i].stderr,
+                ggn.TRACE: gtr[i].estimate,
+                ggn.TRACE_STDERR: gtr[i].stderr,
+                ggn.FUNCTIONAL_TRACE: htr[i].estimate - gtr[i].estimate,
+                eigen.LAMBDA_MAX: top.eigenvalues[0],
+                eigen.LAMBDA_MAX_RESIDUAL: top.residuals[0],
+                **tau.layer_values(whole.layers[i]),
+            }
+        )
+    return Outcome(layers=rows)
+
+
+METRIC = Metric(
+    name="layers",
+    description="per parameter tensor: tr(H_bb), tr(G_bb), tr(H_F,bb), lambda_max(H_bb) and the tau split",
+    order=60,
+    keys=(),
+    layer_columns=COLUMNS,
+    compute=compute,
+    needs=frozenset({GGN}),
+    seeds=SEEDS,
+)

@@ -1,0 +1,115 @@
+"""``tau``: how the sharpness gradient splits between the logit and the functional path.
+
+The gradient of the sharpness penalty, per unit radius, is H eps* = G eps* + H_F eps* with
+eps* = grad L / ||grad L|| (Singh, Mobahi, Agarwala & Dauphin 2025, "Avoiding spurious sharpness
+minimization broadens applicability of SAM", arXiv 2502.02407, Eq. 7); its normalised parts
+(Eq. 9)
+
+    tau_logit = ||G eps*||^2 / ||H eps*||^2,   tau_func = ||H_F eps*||^2 / ||H eps*||^2,
+    tau_cross = 2 <G eps*, H_F eps*> / ||H eps*||^2
+
+sum to 1 (:func:`~landscape.curvature.decomposition.sharpness_decomposition`: one gradient, one H
+product and one G product). tau_logit near 1: sharpness-aware training would reduce sharpness
+mostly through the logits, the path that paper calls spurious. The split is shared with the
+per-layer metric (:func:`split`), which reports it per parameter tensor (:func:`layer_values`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+from landscape.metrics.base import (
+    GGN,
+    Column,
+    Context,
+    Curve,
+    Diagnostic,
+    Headline,
+    Metric,
+    Outcome,
+    Row,
+    Status,
+)
+
+if TYPE_CHECKING:
+    from landscape.curvature.decomposition import LayerSplit, SharpnessSplit
+
+LOGIT = "tau_logit"
+FUNC = "tau_func"
+CROSS = "tau_cross"
+SHARPNESS_GRADIENT_NORM = "sharpness_gradient_norm"
+
+
+def split(ctx: Context) -> SharpnessSplit:
+    """The split of H eps* over the whole model and per parameter tensor, computed once."""
+    return ctx.shared(_split)
+
+
+def _split(ctx: Context) -> SharpnessSplit:
+    from landscape.curvature.decomposition import sharpness_decomposition
+
+    ctx.report("sharpness split (tau)")
+    return sharpness_decomposition(ctx.H, ctx.G, ctx.gradient, ctx.problem.blocks())
+
+
+def compute(ctx: Context) -> Outcome:
+    """tau_logit, tau_func, tau_cross and ||H eps*|| of the whole model."""
+    whole = split(ctx)
+    return Outcome(
+        {
+            LOGIT: whole.tau_logit,
+            FUNC: whole.tau_func,
+            CROSS: whole.tau_cross,
+            SHARPNESS_GRADIENT_NORM: whole.sharpness_gradient_norm,
+        }
+    )
+
+
+def _finite(x: float) -> float | None:
+    return None if math.isnan(x) else x
+
+
+def layer_values(layer: LayerSplit) -> dict[str, Any]:
+    """The split of one parameter tensor under the tau keys (``None`` where its block of H eps*
+    is zero and the shares are undefined)."""
+    return {LOGIT: _finite(layer.tau_logit), FUNC: _finite(layer.tau_func), CROSS: _finite(layer.tau_cross)}
+
+
+def _cross_note(values: Any) -> str:
+    cross = values.get(CROSS)
+    if cross is None:
+        return ""
+    return "negative: the two paths oppose" if cross < 0 else "positive: the paths point the same way"
+
+
+METRIC = Metric(
+    name="tau",
+    description="tau_logit / tau_func / tau_cross of the sharpness gradient (Functional-SAM Eq. 9)",
+    order=40,
+    keys=(LOGIT, FUNC, CROSS, SHARPNESS_GRADIENT_NORM),
+    compute=compute,
+    needs=frozenset({GGN}),
+    rows=(
+        Row("tau_logit", LOGIT, note="share of the sharpness gradient through the logits"),
+        Row("tau_func", FUNC, note="share through the function's Jacobian"),
+        Row("tau_cross", CROSS, note=_cross_note),
+    ),
+    columns=(
+        Column(LOGIT, "τ_logit", ".3f"),
+        Column(FUNC, "τ_func", ".3f"),
+        Column(CROSS, "τ_cross", ".3f"),
+    ),
+    curves=(
+        Curve(LOGIT, "τ_logit (logit path, via G)", figure="split", color="C3"),
+        Curve(FUNC, "τ_func (functional path, via H_F)", figure="split", color="C0"),
+        Curve(
+            CROSS, "τ_cross (cross term; < 0: the paths oppose)", figure="split", color="0.45", linestyle="--"
+        ),
+    ),
+    diagnostic=Diagnostic(
+        keys=(LOGIT, FUNC, CROSS),
+        status=(Status(LOGIT, "tau_logit", 2), Status(FUNC, "tau_func", 2)),
+    ),
+    headlines=(Headline(LOGIT, "tau_logit", 3), Headline(FUNC), Headline(CROSS)),
+)
