@@ -47,7 +47,7 @@ from cli.console import (
 from cli.options import bounded, parsed, sparsities, usage_errors
 from landscape.bounds import SAMPLES, SEED, SEQ_LEN, THREADS
 from landscape.errors import UserError
-from landscape.optim.options import Option
+from landscape.optim.options import Option, option_flag
 from landscape.optim.rules import RULES, run_options  # the specs only: no torch here
 
 if TYPE_CHECKING:
@@ -129,7 +129,8 @@ def method_option_flags(after: str) -> Callable[[Callable[..., None]], Callable[
                 inspect.Parameter.POSITIONAL_OR_KEYWORD,
                 default=None,
                 annotation=Annotated[
-                    (str if option.sweep else option.type) | None, typer.Option(help=option_help(option))
+                    (str if option.sweep else option.type) | None,
+                    typer.Option(option.flag, help=option_help(option)),
                 ],
             )
             for option in run_options()
@@ -452,7 +453,7 @@ def train(
                 named = {k: v for k, v in given.items() if k in _SPEC_OPTIONS}
                 others = [name for name in given if name not in named]
                 if others:
-                    flags = ", ".join("--" + name.replace("_", "-") for name in others)
+                    flags = ", ".join(option_flag(name) for name in others)
                     raise UserError(f"--resume continues with the run's config.json; drop {flags}")
                 trust = {"trust_checkpoint": trust_checkpoint, "named_specs": named}
                 if is_suite_folder(resume):

@@ -245,4 +245,11 @@ def test_old_config_json_still_loads(tmp_path):
         "rho_warmup": 0,
         "m": 8,
     }
-    assert set(stored) <= set(config.to_dict())
+    assert set(stored) - {"temperature"} <= set(config.to_dict())  # a retired option, left unset
+
+
+def test_a_retired_option_that_is_set_names_its_replacement():
+    from landscape.train.config import RunConfig
+
+    with pytest.raises(UserError, match=r"sets temperature = 0.5, .*former RW-SAM.*--lambda"):
+        RunConfig.from_dict({"model": "mlp", "method": "rwsam", "temperature": 0.5})
