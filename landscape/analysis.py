@@ -29,6 +29,7 @@ from landscape.bounds import MAX_ITER, SEED, TOL, TOP_K, TRACE_SAMPLES, JobSize
 from landscape.curvature.checks import require_deterministic
 from landscape.errors import UserError
 from landscape.metrics import Context, Metric, Outcome, Settings
+from landscape.preserve import preserved
 from landscape.problem import Problem
 
 __all__ = [
@@ -310,8 +311,7 @@ def analyze(
     )
     report = progress or _noop
     module = model.model if isinstance(model, Problem) else model
-    was_training = module.training
-    try:
+    with preserved(module, rng=False):  # the problem evaluates in eval mode; each module's mode stays
         problem, notes = _problem(model, data, loss, params, batch_size, dtype)
         _check_sizes(problem, chosen, settings)
         require_deterministic(problem)
@@ -320,8 +320,6 @@ def analyze(
         loss_value = problem.loss_value()
         ctx = Context(problem, settings, chosen, hvp_method=hvp_method, progress=report, loss=loss_value)
         outcomes = {metric.name: ctx.measure(metric) for metric in chosen}
-    finally:
-        module.train(was_training)  # the problem evaluates in eval mode; the caller's mode stays
     report("done")
     values: dict[str, Any] = {}
     for outcome in outcomes.values():

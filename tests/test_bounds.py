@@ -19,6 +19,7 @@ from landscape import analyze, bounds
 from landscape.curvature.checks import forward_variation, require_deterministic
 from landscape.curvature.decomposition import gradient_norm_floor, sharpness_decomposition
 from landscape.errors import UserError
+from landscape.optim.options import option_flag
 from landscape.problem import Problem
 from landscape.surface import compute_surface
 from landscape.train import RunConfig, train_run
@@ -68,7 +69,8 @@ BAD_VALUES: list[tuple[list[str], str]] = [
             ("--eta", ["--method", "asam"], ["0", "-1"]),
             ("--micro-batch", ["--method", "msam"], ["0"]),
             ("--phi", ["--method", "angle-sam"], ["nan", "inf", "4"]),
-            ("--temperature", ["--method", "rwsam"], ["0", "-1", "nan"]),
+            ("--lambda", ["--method", "rwsam"], ["-1", "nan", "inf"]),
+            ("--delta", ["--method", "rwsam"], ["0", "-1", "nan"]),
             ("--lora-rank", ["--method", "lora"], ["0"]),
             ("--lora-alpha", ["--method", "lora"], ["0", "inf"]),
             ("--ema-new-weight", ["--method", "efmlora"], ["0", "1.5"]),
@@ -160,7 +162,7 @@ def numeric_options(command: str) -> set[str]:
         if isinstance(annotation, types.UnionType):
             annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
         if annotation in (int, float) and parameter.kind is not parameter.VAR_KEYWORD:
-            numeric.add("--" + name.replace("_", "-"))
+            numeric.add(option_flag(name))
     return numeric | TEXT_NUMBERS.get(command, set())
 
 
