@@ -64,7 +64,7 @@ TRAIN = torch.utils.data.TensorDataset(X[:128], Y[:128])
 HELD_OUT = (X[128:], Y[128:])
 
 
-def fit(rule: str, folder=None, callback=None, logs=None) -> TinyLit:
+def fit(rule: str, callback=None, logs=None, accumulate: int = 1) -> TinyLit:
     L.seed_everything(0, verbose=False)
     model = TinyLit(rule=rule)
     loader = torch.utils.data.DataLoader(TRAIN, batch_size=16, shuffle=True)
@@ -78,6 +78,7 @@ def fit(rule: str, folder=None, callback=None, logs=None) -> TinyLit:
         accelerator="cpu",
         devices=1,
         log_every_n_steps=5,
+        accumulate_grad_batches=accumulate,
     )
     trainer.fit(model, loader)
     return model
@@ -132,12 +133,14 @@ def test_tracking_changes_nothing_about_training():
     assert same_weights(weights(tracked), weights(plain))
 
 
-def test_a_submodule_can_be_measured_and_a_wrong_one_is_one_line(tmp_path):
+def test_a_submodule_can_be_measured_and_what_cannot_work_is_one_line(tmp_path):
     callback = LightningSharpnessCallback(every=5, module="net", out=tmp_path / "net", final_metrics=None)
     fit("sam", callback=callback)
     assert read_config(tmp_path / "net")["model_class"] == "torch.nn.modules.container.Sequential"
     with pytest.raises(UserError, match="no submodule"):
         fit("sam", callback=LightningSharpnessCallback(every=5, module="head"))
+    with pytest.raises(UserError, match="accumulate_grad_batches=2"):
+        fit("sam", callback=LightningSharpnessCallback(every=5), accumulate=2)
 
 
 def test_the_readme_lightning_example_runs(tmp_path, monkeypatch):

@@ -187,6 +187,11 @@ class SharpnessAwareTrainer(transformers.Trainer):
         super().__init__(*args, **kwargs)
         if self.args.gradient_accumulation_steps != 1:
             raise UserError(_ACCUMULATION.format(self.args.gradient_accumulation_steps))
+        if self.args.n_gpu > 1:
+            raise UserError(
+                f"SharpnessAwareTrainer runs one model per process; {self.args.n_gpu} GPUs in one process "
+                "(DataParallel) are not supported: launch one process per GPU with torchrun"
+            )
         given = unwrap_optimizer(self.optimizer) if self.optimizer is not None else None
         if self.optimizer is not None and not isinstance(given, SharpnessAwareOptimizer):
             raise UserError(

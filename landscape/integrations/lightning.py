@@ -26,8 +26,9 @@ from torch import Tensor, nn
 from landscape.errors import UserError
 from landscape.integrations.optional import require
 from landscape.integrations.probe import DEFAULT_PROBE_SIZE, probe_from_loader
-from landscape.integrations.tracker import FINAL_METRICS, SharpnessTracker
+from landscape.integrations.tracker import FINAL_METRICS, SharpnessTracker, unwrap_optimizer
 from landscape.losses import LossLike
+from landscape.optim import SharpnessAwareOptimizer
 
 pl = require("lightning.pytorch", "landscape.integrations.lightning")
 
@@ -108,6 +109,14 @@ class LightningSharpnessCallback(pl.Callback):
     # -------------------------------------------------------------------------- the events
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         self._trainer = trainer
+        optimizer = trainer.optimizers[0] if trainer.optimizers else None
+        if trainer.accumulate_grad_batches > 1 and isinstance(
+            unwrap_optimizer(optimizer), SharpnessAwareOptimizer
+        ):
+            raise UserError(
+                f"accumulate_grad_batches={trainer.accumulate_grad_batches} with a SharpnessAwareOptimizer: a "
+                "sharpness-aware rule forms the gradient of one batch and does not accumulate; use 1 and a larger batch"
+            )
         probe = self.probe
         if probe is None:
             probe = probe_from_loader(trainer.train_dataloader, self.probe_size, self.seed)
@@ -116,7 +125,6 @@ class LightningSharpnessCallback(pl.Callback):
             "source": "lightning.pytorch.Trainer",
             "seed": int(seed) if seed and seed.isdigit() else self.seed,
             "max_steps": trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None,
-            "log_every": trainer.log_every_n_steps,
         } | self.extra
         try:
             model = self._measured_module(pl_module)
@@ -128,7 +136,7 @@ class LightningSharpnessCallback(pl.Callback):
             every=self.every,
             out=self.out,
             seed=self.seed,
-            optimizer=trainer.optimizers[0] if trainer.optimizers else None,
+            optimizer=optimizer,
             config=config,
             loggers=[self._log],
             **self.options,

@@ -229,6 +229,7 @@ class SharpnessTracker:
             "eval_data": None,
             "loss": self.loss if isinstance(self.loss, str) else None,
             "task": None,
+            "log_every": self.log_every or self.every,
             "diagnose_every": self.every,
             "diagnose_samples": len(probe),
             "diagnose_metrics": list(self.chosen),
