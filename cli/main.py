@@ -12,12 +12,20 @@ from rich.table import Table
 
 from cli.console import (
     LOSS_HELP,
+    LogFormat,
+    Output,
+    Quiet,
     err_console,
     holds_output,
     leader_process,
+    note,
     out_console,
+    print_line,
+    print_paths,
+    print_table,
     set_threads,
     stage_progress,
+    summary_event,
 )
 from cli.report import demo, report
 from cli.train import prune_eval, train
@@ -102,6 +110,8 @@ def analyze(
     json_output: Annotated[
         bool, typer.Option("--json", help="print analysis.json to stdout instead of a table")
     ] = False,
+    quiet: Quiet = False,
+    log_format: LogFormat = "text",
     trust_checkpoint: Annotated[
         bool,
         typer.Option(
@@ -127,9 +137,10 @@ def analyze(
     chosen = parse_metrics(metrics)
     if samples is not None and samples < 1:
         raise UserError(f"--samples must be positive, got {samples}")
+    output = Output.parse(quiet, log_format, leader, json_output)
     set_threads(threads)
     ensure_writable_dir(out)
-    with stage_progress(not json_output and leader) as report:
+    with stage_progress(output, "analyze") as report:
         report("loading model and data")
         inputs = resolve_inputs(
             checkpoint,
@@ -169,9 +180,17 @@ def analyze(
         out_console.file.write(dumps_json(result.to_dict() | {"context": context}))
         return
     if inputs.note:
-        err_console.print(f"note: {inputs.note}", markup=False, highlight=False)
-    out_console.print(summary_table(result))
-    out_console.print("wrote " + ", ".join(str(p) for p in written))
+        note(inputs.note, output)
+    if output.json_lines:
+        from landscape.metrics import record_keys
+
+        values = {k: v for k, v in result.to_dict().items() if k not in record_keys()}  # no densities
+        summary_event("analyze", output, values=values, context=context, files=[str(p) for p in written])
+    elif quiet:
+        print_paths(written)
+    else:
+        print_table(summary_table(result))
+        print_line("wrote " + ", ".join(str(p) for p in written))
 
 
 @app.command()
@@ -216,7 +235,7 @@ def surface(
     leader = leader_process()  # under torchrun: every rank evaluates on its shard, rank 0 writes
     torch_dtype = parse_dtype(dtype)
     ensure_writable_dir(out)
-    with stage_progress(leader) as report:
+    with stage_progress(leader, "surface") as report:
         report("loading model and data")
         inputs = resolve_inputs(
             checkpoint,
@@ -248,8 +267,8 @@ def surface(
             return
         report("writing files")
         written = write_surface(result, out, inputs.context() | {"other": str(other) if other else None})
-    out_console.print(f"loss at the checkpoint {result.center_loss:.6g}")
-    out_console.print("wrote " + ", ".join(str(p) for p in written))
+    print_line(f"loss at the checkpoint {result.center_loss:.6g}")
+    print_line("wrote " + ", ".join(str(p) for p in written))
 
 
 @app.command(name="models")
@@ -266,7 +285,7 @@ def list_builtin_models() -> None:
         table.add_row("model", name, desc)
     for name, desc in list_data().items():
         table.add_row("data", name, desc)
-    out_console.print(table)
+    print_table(table)
 
 
 def _print_version(value: bool) -> None:

@@ -11,7 +11,16 @@ from typing import Annotated
 
 import typer
 
-from cli.console import err_console, out_console, set_threads, stage_progress
+from cli.console import (
+    LogFormat,
+    Output,
+    Quiet,
+    print_line,
+    print_paths,
+    set_threads,
+    stage_progress,
+    summary_event,
+)
 from landscape.errors import UserError
 
 
@@ -24,9 +33,9 @@ def _parse_sparsities(text: str) -> list[float]:
 def _print_summary(lines: list[str], limit: int | None = None) -> None:
     shown = lines if limit is None else lines[:limit]
     for line in shown:
-        out_console.print(f"- {line}", markup=False, highlight=False, soft_wrap=True)
+        print_line(f"- {line}")
     if limit is not None and len(lines) > limit:
-        out_console.print(f"  ... {len(lines) - limit} more in the report", markup=False, highlight=False)
+        print_line(f"  ... {len(lines) - limit} more in the report")
 
 
 def report(
@@ -65,6 +74,8 @@ def report(
             "trusted files only"
         ),
     ] = False,
+    quiet: Quiet = False,
+    log_format: LogFormat = "text",
     debug: Annotated[bool, typer.Option(help="show tracebacks")] = False,
 ) -> None:
     """Compare training runs: a self-contained HTML page, Markdown with PNGs, and CSV tables.
@@ -84,10 +95,11 @@ def report(
     if not slice_distance > 0:
         raise UserError(f"--slice-distance must be positive, got {slice_distance}")
     levels = _parse_sparsities(sparsity)
+    output = Output.parse(quiet, log_format)
     set_threads(threads)
     ensure_writable_dir(out)
     settings = SliceSettings(line_steps=slice_steps, plane_steps=slice_grid, distance=slice_distance)
-    with stage_progress(err_console.is_terminal) as progress:
+    with stage_progress(output, "report") as progress:
         result = build_report(
             runs,
             out,
@@ -101,13 +113,20 @@ def report(
             slice_settings=settings,
             trust_checkpoint=trust_checkpoint,
         )
-    _print_summary(result.summary, limit=8)
-    out_console.print(
-        f"report: {result.index} (Markdown: {result.markdown})",
-        markup=False,
-        highlight=False,
-        soft_wrap=True,
-    )
+    if output.json_lines:
+        summary_event(
+            "report",
+            output,
+            summary=result.summary,
+            index=str(result.index),
+            markdown=str(result.markdown),
+            seconds=result.seconds,
+        )
+    elif quiet:
+        print_paths([result.index, result.markdown])
+    else:
+        _print_summary(result.summary, limit=8)
+        print_line(f"report: {result.index} (Markdown: {result.markdown})")
 
 
 def demo(
@@ -121,6 +140,8 @@ def demo(
     threads: Annotated[
         int, typer.Option(help="torch threads (the demo's small models run fastest on one)")
     ] = 1,
+    quiet: Quiet = False,
+    log_format: LogFormat = "text",
     debug: Annotated[bool, typer.Option(help="show tracebacks")] = False,
 ) -> None:
     """The whole tool on the built-in data, offline: train AdamW, SAM, Functional-SAM, Precond
@@ -129,12 +150,26 @@ def demo(
     del debug
     from landscape.demo import run_demo
 
+    output = Output.parse(quiet, log_format)
     set_threads(threads)
-    with stage_progress(err_console.is_terminal) as progress:
+    with stage_progress(output, "demo") as progress:
         result = run_demo(out, quick=quick, seed=seed, progress=progress, runs_dir=runs)
+    if output.json_lines:
+        summary_event(
+            "demo",
+            output,
+            summary=result.report.summary,
+            index=str(result.index),
+            runs=str(result.runs_dir) if result.runs_dir is not None else None,
+            seconds=result.seconds,
+        )
+        return
+    if quiet:
+        print_paths([result.index, *([result.runs_dir] if result.runs_dir is not None else [])])
+        return
     _print_summary(result.report.summary)
     timing = ", ".join(f"{k} {v:.0f} s" for k, v in result.seconds.items())
-    out_console.print(f"time: {timing}", markup=False, highlight=False, soft_wrap=True)
+    print_line(f"time: {timing}")
     if result.runs_dir is not None:
-        out_console.print(f"runs: {result.runs_dir}", markup=False, highlight=False, soft_wrap=True)
-    out_console.print(f"report: {result.index}", markup=False, highlight=False, soft_wrap=True)
+        print_line(f"runs: {result.runs_dir}")
+    print_line(f"report: {result.index}")

@@ -25,7 +25,25 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from cli.console import LOSS_HELP, err_console, holds_output, leader_process, out_console, set_threads
+from cli.console import (
+    LOSS_HELP,
+    LogFormat,
+    Output,
+    ProgressLog,
+    Quiet,
+    StageLines,
+    err_console,
+    eta_seconds,
+    holds_output,
+    leader_process,
+    out_console,
+    print_line,
+    print_paths,
+    print_table,
+    set_threads,
+    summary_event,
+    tenth,
+)
 from landscape.errors import UserError
 from landscape.optim.options import Option
 from landscape.optim.rules import RULES, run_options  # the specs only: no torch here
@@ -150,11 +168,95 @@ def _status(event: TrainProgress) -> str:
     return "  ".join(parts)
 
 
+def _plain_numbers(event: TrainProgress) -> str:
+    """The numbers of a plain progress line: the batch loss, then the last diagnostics (eval loss
+    and the metrics' status items)."""
+    parts = []
+    if event.loss is not None:
+        parts.append(f"loss {event.loss:.4f}")
+    diag = event.diagnostics
+    if diag:
+        from landscape.metrics import status_items
+
+        parts.append(f"eval {_short(diag.get('eval_loss'))}")
+        parts += [f"{s.label} {_short(diag.get(s.key), s.digits)}" for s in status_items() if s.key in diag]
+        if "cond_A_max" in diag:  # LoRA methods
+            parts.append(f"cond(A) {_short(diag.get('cond_A_max'), 3)}")
+    return "  ".join(parts)
+
+
+class TrainLines:
+    """Training progress as paced plain lines (:class:`cli.console.ProgressLog`): one line per run
+    at every tenth of its steps or after ``PACE_SECONDS`` without a line, e.g.
+    ``sam: step 120/300 (40%)  loss 2.4312  eval 2.51  lmax 14.3  elapsed 12s  eta 18s``; the
+    stages of the final analysis; ``done`` at the end of each run."""
+
+    def __init__(self, log: ProgressLog) -> None:
+        self.log = log
+        self.stages = StageLines(log, hold_first=False)
+        self._start: dict[str, tuple[float, int]] = {}  # run -> (elapsed, step) of its first event
+        self._tenth: dict[str, int] = {}
+
+    def __call__(self, event: TrainProgress) -> None:
+        log = self.log
+        if event.phase == "analysis":
+            self.stages(f"{event.run}: final analysis: {event.label}")
+            return
+        if event.phase == "done":
+            log.current = ""
+            log.line(
+                f"{event.run}: done, {event.steps} steps",
+                {"event": "done", "run": event.run, "steps": event.steps, "loss": event.loss},
+            )
+            return
+        started, first = self._start.setdefault(event.run, (log.elapsed(), event.step))
+        reached = tenth(event.step, event.steps)
+        where = f"{event.run}: step {event.step}/{event.steps}"
+        log.current = where + (", curvature diagnostics" if event.phase == "diagnose" else "")
+        if event.run not in self._tenth:
+            self._tenth[event.run] = reached  # no line at the start (or the resumed step)
+            return
+        if event.phase != "train" or not (reached > self._tenth[event.run] or log.due()):
+            return
+        self._tenth[event.run] = reached
+        percent = 100.0 * event.step / event.steps if event.steps else 100.0
+        eta = eta_seconds(log.elapsed() - started, event.step - first, event.steps - first)
+        numbers = _plain_numbers(event)
+        log.line(
+            f"{where} ({percent:.0f}%)" + (f"  {numbers}" if numbers else ""),
+            {
+                "event": "progress",
+                "run": event.run,
+                "step": event.step,
+                "steps": event.steps,
+                "percent": round(percent, 1),
+                "loss": event.loss,
+                "diagnostics": event.diagnostics,
+            },
+            eta=eta,
+        )
+
+
 @contextmanager
-def training_progress(enabled: bool) -> Iterator[Callable[[TrainProgress], None]]:
-    """A transient progress bar on stderr (one per run) with live loss and the last diagnostics."""
-    if not enabled:
+def training_progress(output: Output | bool) -> Iterator[Callable[[TrainProgress], None]]:
+    """The progress of ``landscape train``: a transient bar per run on an interactive stderr, with
+    the live loss and the last diagnostics; paced plain lines elsewhere (:class:`TrainLines`); JSON
+    lines with ``--log-format json``; nothing when quiet (``output``: an :class:`Output`, or a bool:
+    True as a plain command prints, False nothing)."""
+    if isinstance(output, bool):
+        output = Output(leader=output)
+    kind = output.progress_kind(err_console)
+    if kind == "off":
         yield lambda _event: None
+        return
+    if kind != "live":
+        log = ProgressLog("train", kind == "json", stream=None if kind == "json" else err_console.file)
+        ok = False
+        try:
+            yield TrainLines(log)
+            ok = True
+        finally:
+            log.close(ok)
         return
     with Progress(
         TextColumn("{task.description}"),
@@ -290,6 +392,8 @@ def train(
     ] = None,
     threads: Annotated[int | None, typer.Option(help="torch threads (default: torch's choice)")] = None,
     json_output: Annotated[bool, typer.Option("--json", help="print the summaries as JSON")] = False,
+    quiet: Quiet = False,
+    log_format: LogFormat = "text",
     trust_checkpoint: Annotated[
         bool,
         typer.Option(
@@ -327,9 +431,9 @@ def train(
         given["no_shuffle"] = True
     set_threads(threads)
     leader = leader_process()  # under torchrun: every rank trains on its part of each batch, rank 0 writes
-    show = not json_output and err_console.is_terminal and leader
+    output = Output.parse(quiet, log_format, leader, json_output)
     try:
-        with training_progress(show) as report:
+        with training_progress(output) as report:
             if resume is not None:
                 # the specs of code to run may be named again, to allow the stored import paths
                 named = {k: v for k, v in given.items() if k in _SPEC_OPTIONS}
@@ -406,8 +510,13 @@ def train(
         payload = [s.to_dict() for s in summaries]
         out_console.file.write(json.dumps(payload if len(payload) > 1 else payload[0], indent=2) + "\n")
         return
-    out_console.print(summary_table(summaries))
-    out_console.print(f"wrote {where}", markup=False, highlight=False, soft_wrap=True)
+    if output.json_lines:
+        summary_event("train", output, runs=[s.to_dict() for s in summaries], folder=str(where))
+    elif quiet:
+        print_paths([where])
+    else:
+        print_table(summary_table(summaries))
+        print_line(f"wrote {where}")
 
 
 @holds_output(lambda args: args["out"] or args["checkpoint"].parent)
@@ -511,10 +620,5 @@ def prune_eval(
             _short(r.eval_loss),
             _short(r.eval_accuracy, 3),
         )
-    out_console.print(table)
-    out_console.print(
-        "wrote " + ", ".join(str(p) for p in written),
-        markup=False,
-        highlight=False,
-        soft_wrap=True,
-    )
+    print_table(table)
+    print_line("wrote " + ", ".join(str(p) for p in written))

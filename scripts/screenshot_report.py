@@ -274,7 +274,9 @@ def _error_lines(events: list[dict], session: str) -> list[str]:
             out.append(details.get("exception", {}).get("description") or details.get("text", "exception"))
         elif event["method"] == "Log.entryAdded" and params.get("entry", {}).get("level") == "error":
             entry = params["entry"]
-            where = f" ({entry['url'][:80]})" if entry.get("url") else ""
+            url = entry.get("url") or ""
+            # keep the end of a long URL: the file name is what tells which resource failed
+            where = f" ({url if len(url) <= 100 else '...' + url[-97:]})" if url else ""
             out.append(f"{entry.get('text', '')}{where}")
     return out
 

@@ -23,9 +23,18 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
     started = time.perf_counter()
     code = main(["demo", "--quick", "--out", str(out), "--runs", str(runs), "--seed", "0"])
     elapsed = time.perf_counter() - started
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     assert code == 0
     assert f"report: {out / 'index.html'}" in printed
+    # not a terminal: plain stage lines on stderr, each tenth of a run's steps, with the elapsed time
+    log = captured.err.splitlines()
+    training = [line for line in log if line.startswith("vision: training adamw, step ")]
+    assert [re.search(r"\((\d+)%\)", line).group(1) for line in training] == [
+        str(p) for p in range(0, 101, 10)
+    ]
+    assert all(re.search(r"  elapsed [\dhms.]+(  eta [\dhms.]+)?$", line) for line in log), log
+    assert any(line.startswith("drawing figures  elapsed ") for line in log)
     print(f"quick demo: {elapsed:.0f} s")
 
     # both suites, every method, each final checkpoint analysed (densities included)

@@ -111,6 +111,7 @@ DIAGNOSTIC_KEYS = [
     "ggn_trace",
     "ggn_trace_stderr",
     "functional_trace",
+    "functional_trace_stderr",
     "tau_logit",
     "tau_func",
     "tau_cross",

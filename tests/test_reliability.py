@@ -14,6 +14,7 @@ import errno
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -59,12 +60,18 @@ def cli(args: list[str], capsys) -> tuple[int, str, str]:
     return code, out, err
 
 
+PROGRESS_LINE = re.compile(r"  elapsed [\dhms.]+(  eta [\dhms.]+)?$")
+
+
 def one_line_error(code: int, err: str) -> str:
-    """The single ``error:`` line of a failed command (no traceback, no other text on stderr)."""
+    """The single ``error:`` line of a failed command: no traceback, and on stderr nothing else
+    but the progress lines a command logs without a terminal before it stops."""
     assert code != 0
     lines = [line for line in err.splitlines() if line.strip()]  # a spinner may leave a blank line
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
-    return lines[0] + "\n"
+    *progress, last = lines or [""]
+    assert all(PROGRESS_LINE.search(line) for line in progress), err
+    assert last.startswith("error: ") and "Traceback" not in err, err
+    return last + "\n"
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:

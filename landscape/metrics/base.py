@@ -296,7 +296,8 @@ class Curve:
     ``title`` above it, one line per run); the figure's caption names it by ``caption``
     (consecutive panels "trace of H", "trace of G" read "traces of H, G"). ``figure="split"``: a
     line (``label``, ``color``, ``linestyle``) in each run's panel of the split figure, for shares
-    that add up (the tau split).
+    that add up (the tau split). ``error``: the key of the standard error of each point (a
+    diagnostic key too), drawn as a band around the line.
     """
 
     key: str
@@ -306,6 +307,7 @@ class Curve:
     color: str | None = None
     linestyle: str = "-"
     caption: str = ""
+    error: str | None = None
 
 
 @dataclass(frozen=True)

@@ -112,16 +112,17 @@ METRIC = Metric(
         Column(FUNCTIONAL_TRACE_STDERR, shown=False),
     ),
     curves=(
-        Curve(TRACE, "tr(G)", "Gauss-Newton trace tr(G)", caption="trace of G"),
+        Curve(TRACE, "tr(G)", "Gauss-Newton trace tr(G)", caption="trace of G", error=TRACE_STDERR),
         Curve(
             FUNCTIONAL_TRACE,
             "tr(H_F)",
             "functional-Hessian trace tr(H_F) = tr(H) - tr(G)",
             caption="trace of H_F",
+            error=FUNCTIONAL_TRACE_STDERR,
         ),
     ),
     diagnostic=Diagnostic(
-        keys=(LAMBDA_MAX, TRACE, TRACE_STDERR, FUNCTIONAL_TRACE),
+        keys=(LAMBDA_MAX, TRACE, TRACE_STDERR, FUNCTIONAL_TRACE, FUNCTIONAL_TRACE_STDERR),
         budget={"tol": 1e-2, "max_iter": 20, "trace_samples": 24},
         status=(Status(TRACE, "trG"),),
     ),

@@ -68,7 +68,7 @@ def _check(metric: Metric) -> None:
     shown = [
         *(k for row in metric.rows for k in (row.key, row.error) if k),
         *(k for col in metric.columns for k in (col.key, col.error) if k),
-        *(curve.key for curve in metric.curves),
+        *(k for curve in metric.curves for k in (curve.key, curve.error) if k),
         *(h.key for h in metric.headlines),
         *(metric.diagnostic.keys if metric.diagnostic else ()),
         *(s.key for s in (metric.diagnostic.status if metric.diagnostic else ())),

@@ -73,7 +73,7 @@ METRIC = Metric(
         Column(TRACE, "tr(H)", flatness="lower", error=STDERR),
         Column(STDERR, shown=False),
     ),
-    curves=(Curve(TRACE, "tr(H)", "Hessian trace tr(H)", caption="trace of H"),),
+    curves=(Curve(TRACE, "tr(H)", "Hessian trace tr(H)", caption="trace of H", error=STDERR),),
     diagnostic=Diagnostic(
         keys=(TRACE, STDERR),
         budget={"trace_samples": 24},

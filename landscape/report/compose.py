@@ -27,6 +27,7 @@ import pandas as pd
 import torch
 
 from landscape import metrics as registry
+from landscape.figures import OUTLIER_TICKS
 from landscape.metrics import tau, trace
 from landscape.metrics.density import DENSITY
 from landscape.provenance import provenance
@@ -239,7 +240,8 @@ def _curves_section(slug: str, members: list[RunData]) -> Section:
             FigureBlock.from_figure(
                 f"{slug}-loss.png",
                 plots.loss_curves_figure(members),
-                "Training loss (mean batch loss between log steps) and eval loss on the held-out set.",
+                "Training loss (mean batch loss between log steps) and eval loss on the held-out set"
+                f"{_multiples_note(members)}.",
             )
         )
     if any(not r.diagnostics().empty for r in members):
@@ -248,7 +250,9 @@ def _curves_section(slug: str, members: list[RunData]) -> Section:
             FigureBlock.from_figure(
                 f"{slug}-curvature.png",
                 plots.curvature_curves_figure(members),
-                f"{_curves_caption()} during training ({subset}).",
+                f"{_curves_caption()} during training ({subset}); shaded: ± {plots.ERROR_BAND:g} standard "
+                "errors of each stochastic trace estimate (a value inside another run's band is not "
+                f"resolved from it){_multiples_note(members)}.",
             )
         )
         curves.blocks.append(
@@ -261,6 +265,15 @@ def _curves_section(slug: str, members: list[RunData]) -> Section:
             )
         )
     return curves
+
+
+def _multiples_note(members: Sequence[RunData], where: str = "a column") -> str:
+    """The caption's note on small multiples (more runs than one panel shows readably)."""
+    from landscape.report import plots
+
+    if len(members) <= plots.SMALL_MULTIPLES_ABOVE:
+        return ""
+    return f"; {where} per run on shared axes, the other runs in grey behind"
 
 
 def _join(items: Sequence[str]) -> str:
@@ -296,7 +309,9 @@ def _density_section(slug: str, members: list[RunData]) -> Section:
                 f"{slug}-density.png",
                 plots.density_overlay_figure(members),
                 "Spectral densities of H, G and H_F at the final weights (stochastic Lanczos quadrature, "
-                "Gaussian-broadened; from each run's analysis.json).",
+                "Gaussian-broadened; from each run's analysis.json); ticks: each run's "
+                f"{OUTLIER_TICKS} largest quadrature nodes, the outlier eigenvalues"
+                f"{_multiples_note(members, 'a row')}.",
             )
         )
     return section

@@ -8,7 +8,12 @@ colour in every figure; runs of one method with different rho differ by line sty
 
 The curves over training are the metrics' (:func:`landscape.metrics.curves`): one panel each in the
 curvature figure, one line each in the split figure (the tau split of Functional-SAM: Singh,
-Mobahi, Agarwala & Dauphin 2025, arXiv 2502.02407, Eq. 9, Fig. 2 and Fig. 4).
+Mobahi, Agarwala & Dauphin 2025, arXiv 2502.02407, Eq. 9, Fig. 2 and Fig. 4). An estimated curve
+(a ``Curve`` with an ``error`` key: the stochastic traces) carries a band of ``ERROR_BAND``
+standard errors. More than ``SMALL_MULTIPLES_ABOVE`` runs on a curve or density panel become
+small multiples: a panel per run on shared axes, the other runs in grey behind, so that five lines
+that overlap stay apart. Density panels tick the largest SLQ nodes of each run, the outlier
+eigenvalues (:func:`landscape.figures.largest_nodes`).
 """
 
 from __future__ import annotations
@@ -26,9 +31,10 @@ import pandas as pd  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import LogLocator, NullLocator  # noqa: E402
 
 from landscape import metrics as registry  # noqa: E402
-from landscape.figures import DENSITY_LABELS  # noqa: E402
+from landscape.figures import DENSITY_LABELS, mark_nodes  # noqa: E402
 from landscape.metrics.density import DENSITY  # noqa: E402
 from landscape.optim.rules import RULES  # noqa: E402
 from landscape.report.runs import RunData  # noqa: E402
@@ -128,62 +134,159 @@ def _legend(ax: Axes, **kwargs: Any) -> None:
         ax.legend(fontsize=8, **kwargs)
 
 
-def loss_curves_figure(runs: Sequence[RunData], title: str = "") -> Figure:
-    """Training loss (mean batch loss between log steps) and eval loss (held-out set) against step."""
+SMALL_MULTIPLES_ABOVE = 3
+"""More runs than this on a curve or density panel: one small panel per run, sharing axes."""
+ERROR_BAND = 2.0
+"""Bands around an estimated curve: this many standard errors either side (the summary calls two
+runs whose values differ by less than two combined standard errors "not resolved")."""
+_GHOST = {"color": "0.82", "lw": 0.9, "zorder": 1}
+
+
+def _series(frame: pd.DataFrame, key: str, error: str | None = None) -> pd.DataFrame:
+    """``step``, the value and (when recorded) its standard error, rows with a value only."""
+    columns = ["step", key] + ([error] if error and error in frame else [])
+    if key not in frame:
+        return pd.DataFrame(columns=columns)
+    return frame[columns].dropna(subset=[key])
+
+
+def _band(ax: Axes, part: pd.DataFrame, key: str, error: str | None, color: str) -> list[float]:
+    """Shade ``ERROR_BAND`` standard errors around the curve; returns the band's edges (for the
+    axis scale). On a log axis a band reaching below zero is cut at a tenth of the value."""
+    if not error or error not in part:
+        return []
+    errors = pd.to_numeric(part[error], errors="coerce")
+    keep = errors.notna()
+    if not keep.any():
+        return []
+    steps = part["step"][keep].to_numpy(dtype=float)
+    values = part[key][keep].to_numpy(dtype=float)
+    half = ERROR_BAND * errors[keep].to_numpy(dtype=float)
+    lower, upper = values - half, values + half
+    if ax.get_yscale() == "log":
+        lower = np.where(lower > 0, lower, values / 10)
+    ax.fill_between(steps, lower, upper, color=color, alpha=0.22, lw=0, zorder=2, gid="error-band")
+    return [*lower.tolist(), *upper.tolist()]
+
+
+def _values(runs: Sequence[RunData], read: Any, key: str) -> list[float]:
+    out: list[float] = []
+    for run in runs:
+        out.extend(_series(read(run), key)[key].tolist())
+    return out
+
+
+def _curve_panels(
+    runs: Sequence[RunData],
+    panels: Sequence[tuple[str, str | None, str, str]],
+    read: Any,
+    marker: str | None = None,
+    width: float = 10.5,
+) -> Figure:
+    """Curves over training, one panel per ``(key, error key, axis label, title)``: every run on
+    the panel (with its error band) for up to ``SMALL_MULTIPLES_ABOVE`` runs; more runs become
+    small multiples (a row per quantity, a column per run, shared axes, the other runs in grey
+    behind each). ``read(run)`` gives the run's frame of records."""
     styles = run_styles(runs)
+    small = len(runs) > SMALL_MULTIPLES_ABOVE
+    if small:
+        rows, cols = len(panels), len(runs)
+        fig, axes = plt.subplots(
+            rows,
+            cols,
+            figsize=(2.35 * cols + 0.9, 2.3 * rows + 0.4),
+            squeeze=False,
+            sharex=True,
+            sharey="row",
+        )
+    else:
+        cols = 2 if len(panels) > 1 else 1
+        rows = max(math.ceil(len(panels) / cols), 1)
+        fig, axes = plt.subplots(rows, cols, figsize=(width, 3.5 * rows), squeeze=False)
+        for ax in axes.ravel()[len(panels) :]:
+            ax.set_visible(False)
+    for p, (key, error, ylabel, title) in enumerate(panels):
+        values = _values(runs, read, key)
+        if small:
+            row_axes = list(axes[p])
+        else:
+            row_axes = [axes.ravel()[p]]
+        suffix = ""
+        for ax in row_axes:
+            suffix = auto_scale(ax, values)
+        for c, ax in enumerate(row_axes):
+            shown = [runs[c]] if small else list(runs)
+            if small:
+                for other in runs:
+                    part = _series(read(other), key)
+                    if other is not runs[c] and not part.empty:
+                        ax.plot(part["step"], part[key], **_GHOST)
+            for run in shown:
+                part = _series(read(run), key, error)
+                if part.empty:
+                    continue
+                style = styles[run.label]
+                ax.plot(
+                    part["step"],
+                    part[key],
+                    lw=1.5,
+                    marker=marker,
+                    label=run_legend(run, runs),
+                    zorder=3,
+                    **style,
+                )
+                _band(ax, part, key, error, style["color"])
+            ax.grid(alpha=0.3)
+            if small:
+                if p == 0:
+                    ax.set_title(run_legend(runs[c], runs), fontsize=9)
+                if c == 0:
+                    ax.set_ylabel(f"{ylabel}{suffix}", fontsize=8)
+                if p == len(panels) - 1:
+                    ax.set_xlabel("training step", fontsize=8)
+                ax.tick_params(labelsize=7)
+            else:
+                ax.set_xlabel("training step (optimizer updates)")
+                ax.set_ylabel(f"{ylabel}{suffix}", fontsize=9)
+                if title:
+                    ax.set_title(title, fontsize=10)
+        if small and title:
+            row_axes[-1].annotate(
+                title,
+                xy=(1.02, 0.5),
+                xycoords="axes fraction",
+                rotation=-90,
+                va="center",
+                ha="left",
+                fontsize=8,
+            )
+    if not small:
+        _legend(axes[0, 0])
+    return fig
+
+
+def loss_curves_figure(runs: Sequence[RunData], title: str = "") -> Figure:
+    """Training loss (mean batch loss between log steps) and eval loss (held-out set) against step;
+    more than ``SMALL_MULTIPLES_ABOVE`` runs: small multiples (a column per run)."""
     unit = loss_unit(runs)
-    fig, axes = plt.subplots(1, 2, figsize=(10.5, 3.8))
-    for ax, key, name in (
-        (axes[0], "train_loss", "training loss (mean batch loss)"),
-        (axes[1], "eval_loss", "eval loss (held-out set)"),
-    ):
-        values = []
-        for run in runs:
-            frame = run.metrics
-            if key not in frame:
-                continue
-            part = frame[["step", key]].dropna()
-            if part.empty:
-                continue
-            ax.plot(part["step"], part[key], lw=1.5, label=run_legend(run, runs), **styles[run.label])
-            values.extend(part[key].tolist())
-        suffix = auto_scale(ax, values)
-        ax.set_xlabel("training step (optimizer updates)")
-        ax.set_ylabel(f"{name} ({unit}){suffix}")
-        ax.grid(alpha=0.3)
-        _legend(ax)
+    panels = [
+        ("train_loss", None, f"training loss (mean batch loss) ({unit})", ""),
+        ("eval_loss", None, f"eval loss (held-out set) ({unit})", ""),
+    ]
+    fig = _curve_panels(runs, panels, lambda run: run.metrics)
     return _finish(fig, title)
 
 
 def curvature_curves_figure(runs: Sequence[RunData], title: str = "") -> Figure:
     """The metrics' curvature curves (λmax(H), tr(H), tr(G) and tr(H_F), and any other metric's
-    ``Curve``) against step, one panel each, two per row (training diagnostics, fixed subset)."""
-    styles = run_styles(runs)
-    panels = registry.curves("curvature")
-    rows = max(math.ceil(len(panels) / 2), 1)
-    fig, axes = plt.subplots(rows, 2, figsize=(10.5, 3.5 * rows), squeeze=False)
-    for ax in axes.ravel()[len(panels) :]:
-        ax.set_visible(False)
-    for ax, curve in zip(axes.ravel(), panels, strict=False):
-        key, short, name = curve.key, curve.label, curve.title
-        values = []
-        for run in runs:
-            diag = run.diagnostics()
-            if key not in diag:
-                continue
-            part = diag[["step", key]].dropna()
-            if part.empty:
-                continue
-            ax.plot(
-                part["step"], part[key], lw=1.5, marker=".", label=run_legend(run, runs), **styles[run.label]
-            )
-            values.extend(part[key].tolist())
-        suffix = auto_scale(ax, values)
-        ax.set_xlabel("training step (optimizer updates)")
-        ax.set_ylabel(f"{short} ({CURVATURE_UNIT}){suffix}", fontsize=9)
-        ax.set_title(name, fontsize=10)
-        ax.grid(alpha=0.3)
-    _legend(axes[0, 0])
+    ``Curve``) against step (training diagnostics, fixed subset): one panel each, two per row, a
+    band of ``ERROR_BAND`` standard errors around every estimated curve (a ``Curve`` with an
+    ``error`` key); more than ``SMALL_MULTIPLES_ABOVE`` runs: a row per quantity, a column per run."""
+    panels = [
+        (curve.key, curve.error, f"{curve.label} ({CURVATURE_UNIT})", curve.title)
+        for curve in registry.curves("curvature")
+    ]
+    fig = _curve_panels(runs, panels, lambda run: run.diagnostics(), marker=".")
     return _finish(fig, title)
 
 
@@ -253,28 +356,68 @@ def tau_contrast_figure(panels: Sequence[tuple[str, RunData]], title: str = "") 
     return _finish(fig, title)
 
 
+def _density_line(ax: Axes, d: dict[str, Any], **style: Any) -> None:
+    grid = np.asarray(d["grid"], dtype=float)
+    dens = np.asarray(d["density"], dtype=float)
+    floor = max(float(np.nanmax(dens)) * 1e-6, 1e-300)
+    ax.semilogy(grid, np.maximum(dens, floor), **style)
+
+
 def density_overlay_figure(runs: Sequence[RunData], title: str = "") -> Figure:
-    """Spectral densities (SLQ, from each run's ``analysis.json``) of H, G and H_F: one panel per
-    matrix, one line per run, log density."""
+    """Spectral densities (SLQ, from each run's ``analysis.json``) of H, G and H_F, log density,
+    ticks at each run's largest SLQ nodes (the outlier eigenvalues; :func:`largest_nodes`): one
+    panel per matrix with a line per run, or for more than ``SMALL_MULTIPLES_ABOVE`` runs a row per
+    run (shared axes per matrix, the other runs in grey behind)."""
     styles = run_styles(runs)
-    keys = [k for k in ("H", "G", "H_F") if any(k in ((r.analysis or {}).get(DENSITY) or {}) for r in runs)]
-    fig, axes = plt.subplots(1, max(len(keys), 1), figsize=(4.6 * max(len(keys), 1), 3.8), squeeze=False)
-    for ax, key in zip(axes[0], keys, strict=False):
-        for run in runs:
-            d = ((run.analysis or {}).get(DENSITY) or {}).get(key)
-            if not d:
-                continue
-            grid = np.asarray(d["grid"], dtype=float)
-            dens = np.asarray(d["density"], dtype=float)
-            floor = max(float(np.nanmax(dens)) * 1e-6, 1e-300)
-            ax.semilogy(
-                grid, np.maximum(dens, floor), lw=1.3, label=run_legend(run, runs), **styles[run.label]
-            )
-        ax.set_title(DENSITY_LABELS.get(key, key), fontsize=10)
-        ax.set_xlabel(f"eigenvalue ({CURVATURE_UNIT})")
-        ax.set_ylabel("spectral density (log scale)")
-        ax.grid(alpha=0.3)
-    if keys:
+
+    def density(run: RunData, key: str) -> dict[str, Any] | None:
+        return ((run.analysis or {}).get(DENSITY) or {}).get(key)
+
+    keys = [k for k in ("H", "G", "H_F") if any(density(r, k) for r in runs)]
+    cols = max(len(keys), 1)
+    small = len(runs) > SMALL_MULTIPLES_ABOVE
+    rows = len(runs) if small else 1
+    fig, axes = plt.subplots(
+        rows,
+        cols,
+        figsize=(4.6 * cols, (2.2 * rows + 0.6) if small else 3.8),
+        squeeze=False,
+        sharex="col" if small else False,
+        sharey="col" if small else False,
+    )
+    for c, key in enumerate(keys):
+        for r in range(rows):
+            ax = axes[r][c]
+            shown = [runs[r]] if small else list(runs)
+            if small:
+                for other in runs:
+                    d = density(other, key)
+                    if other is not runs[r] and d:
+                        _density_line(ax, d, **_GHOST)
+            for i, run in enumerate(shown):
+                d = density(run, key)
+                if not d:
+                    continue
+                style = styles[run.label]
+                _density_line(ax, d, lw=1.3, label=run_legend(run, runs), zorder=3, **style)
+                mark_nodes(ax, d.get("nodes", []), style["color"], row=0 if small else i)
+            matrix = DENSITY_LABELS.get(key, key)
+            ax.grid(alpha=0.3)
+            if small:
+                ax.set_title(f"{run_legend(runs[r], runs)}: {matrix}", fontsize=9)
+                ax.tick_params(labelsize=7)
+                # a decade per major tick and no minor ticks: small log panels stay legible (and quick)
+                ax.yaxis.set_major_locator(LogLocator(numticks=4))
+                ax.yaxis.set_minor_locator(NullLocator())
+                if c == 0:
+                    ax.set_ylabel("density (log scale)", fontsize=8)
+                if r == rows - 1:
+                    ax.set_xlabel(f"eigenvalue ({CURVATURE_UNIT})", fontsize=8)
+            else:
+                ax.set_title(matrix, fontsize=10)
+                ax.set_xlabel(f"eigenvalue ({CURVATURE_UNIT})")
+                ax.set_ylabel("spectral density (log scale)")
+    if keys and not small:
         _legend(axes[0][0], loc="upper right")
     return _finish(fig, title)
 

@@ -1,11 +1,17 @@
 """The report's plain-language summary, computed from the numbers (no canned verdicts).
 
 Every sentence is built from the comparison frame (:func:`landscape.report.tables.comparison_frame`),
-the pruning and rho-sweep frames and the tau trajectories: which run is flattest by each measure
-(and whether the difference exceeds the estimate's standard error), whether the logit path
-dominates the sharpness gradient (tau_logit against tau_func), which run generalises best, whether
-flatness and generalisation went together across the runs, how gracefully each run prunes, the
-best rho of a sweep and the vision/language contrast of Functional-SAM Fig. 2.
+the pruning and rho-sweep frames and the tau trajectories: which run is flattest by each measure,
+whether the logit path dominates the sharpness gradient (tau_logit against tau_func), which run
+generalises best, whether flatness and generalisation went together across the runs, how
+gracefully each run prunes, the best rho of a sweep and the vision/language contrast of
+Functional-SAM Fig. 2.
+
+Estimates with a standard error (the traces) are compared honestly: two runs whose values differ
+by less than two combined standard errors, 2 sqrt(se_a^2 + se_b^2), are "not resolved" (about a
+95 % two-sided test for Gaussian errors); such a first place names no flattest run, neither in the
+detail lines nor in the headline, which counts only resolved first places of the lower-is-flatter
+measures. Ratios carry digits enough to mean something (:func:`ratio_phrase`).
 
 "Functional-SAM" here and in the sentences is Singh, Mobahi, Agarwala & Dauphin 2025, "Avoiding
 spurious sharpness minimization broadens applicability of SAM", arXiv 2502.02407 (tau: Eq. 9; its
@@ -27,7 +33,18 @@ from landscape import metrics as registry
 from landscape.metrics import tau
 from landscape.report.runs import BASELINES
 
-__all__ = ["TauContrast", "contrast_sentences", "group_sentences", "pruning_sentence", "rho_sentences"]
+__all__ = [
+    "RESOLVING_ERRORS",
+    "Ranking",
+    "TauContrast",
+    "contrast_sentences",
+    "group_sentences",
+    "pruning_sentence",
+    "rank",
+    "ratio_phrase",
+    "rho_sentences",
+    "separation",
+]
 
 
 def measures(*kinds: str) -> tuple[tuple[str, str, str | None], ...]:
@@ -66,45 +83,178 @@ def _names(frame: pd.DataFrame) -> dict[str, str]:
     return out
 
 
+# Two estimates are told apart ("resolved") when they differ by more than this many combined
+# standard errors, sqrt(se_a^2 + se_b^2): about a 95 % two-sided test for Gaussian errors.
+RESOLVING_ERRORS = 2.0
+
+
+def ratio_phrase(high: float, low: float) -> str:
+    """How much higher ``high`` is than ``low`` (both positive), with digits enough to mean
+    something: a percentage under 10 % (``0.29% higher``, ``3.6% higher``), else a ratio to three
+    significant digits (``1.28× higher``, ``12.3× higher``); never a bare ``1×``."""
+    ratio = high / low
+    if ratio < 1.1:
+        return f"{100.0 * (ratio - 1.0):.2g}% higher"
+    if ratio < 1000:
+        return f"{ratio:.3g}× higher"
+    return f"{ratio:,.0f}× higher"
+
+
+def _error(row: pd.Series, err_key: str | None) -> float | None:
+    if not err_key or err_key not in row:
+        return None
+    value = pd.to_numeric(pd.Series([row.get(err_key)]), errors="coerce").iloc[0]
+    return float(value) if pd.notna(value) and math.isfinite(value) else None
+
+
+def separation(a: pd.Series, b: pd.Series, key: str, err_key: str | None) -> tuple[bool | None, float]:
+    """Whether ``a`` and ``b`` differ in ``key`` by more than :data:`RESOLVING_ERRORS` combined
+    standard errors (``err_key``), and the combined error; ``None`` when either has no error
+    (then only equal values are unresolved)."""
+    gap = abs(float(b[key]) - float(a[key]))
+    ea, eb = _error(a, err_key), _error(b, err_key)
+    if ea is None or eb is None:
+        return (None if gap > 0 else False), 0.0
+    err = math.hypot(ea, eb)
+    return gap > RESOLVING_ERRORS * err, err
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """The runs ordered by one curvature measure (lowest first) and whether its first place and
+    its spread are resolved (see :func:`separation`: ``False`` within two standard errors,
+    ``None`` without errors)."""
+
+    key: str
+    label: str
+    error: str | None
+    ordered: pd.DataFrame
+    first_resolved: bool | None
+    first_error: float
+    spread_resolved: bool | None
+    spread_error: float
+
+    @property
+    def lowest(self) -> pd.Series:
+        return self.ordered.iloc[0]
+
+    @property
+    def highest(self) -> pd.Series:
+        return self.ordered.iloc[-1]
+
+    @property
+    def runner_up(self) -> pd.Series:
+        return self.ordered.iloc[1]
+
+    @property
+    def winner(self) -> str | None:
+        """The run lowest by this measure when the first place is resolved (or has no error)."""
+        return None if self.first_resolved is False else str(self.lowest["run"])
+
+
+def rank(frame: pd.DataFrame, key: str, label: str, err_key: str | None) -> Ranking | None:
+    """The ranking of the runs of ``frame`` with a value of ``key`` (``None`` for fewer than two)."""
+    part = _valid(frame, key)
+    if len(part) < 2:
+        return None
+    ordered = part.sort_values(key, kind="stable")
+    first, first_err = separation(ordered.iloc[0], ordered.iloc[1], key, err_key)
+    spread, spread_err = separation(ordered.iloc[0], ordered.iloc[-1], key, err_key)
+    return Ranking(key, label, err_key, ordered, first, first_err, spread, spread_err)
+
+
+def rankings(frame: pd.DataFrame, *kinds: str) -> list[Ranking]:
+    """The rankings by the curvature measures of ``kinds`` (see :func:`measures`) with two runs or more."""
+    found = (rank(frame, key, label, err) for key, label, err in measures(*kinds))
+    return [r for r in found if r is not None]
+
+
+def _plural(items: Sequence[str], one: str, many: str) -> str:
+    return f"{_join(items)} {one if len(items) == 1 else many}"
+
+
+def _join(items: Sequence[str]) -> str:
+    items = list(items)
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
 def flatness_sentences(frame: pd.DataFrame) -> list[str]:
-    """Which run is flattest (lowest) and sharpest by each curvature measure, with the ratio, and
-    whether the lowest two of a trace differ by more than two standard errors."""
+    """Which run is lowest and highest by each curvature measure, how much higher (see
+    :func:`ratio_phrase`), whether the first place and the spread are resolved (more than two
+    standard errors apart), and which run is flattest: only measures whose first place is
+    resolved name one, and only lower-is-flatter measures count."""
     names = _names(frame)
     out = []
-    winners = {}
     for key, label, err_key in measures():
         part = _valid(frame, key)
-        if part.empty:
+        if len(part) == 1:
+            row = part.iloc[0]
+            error = _error(row, err_key)
+            out.append(
+                f"{label} of {names[row['run']]}: {_fmt(row[key])}"
+                + (f" ± {error:.2g}" if error is not None else "")
+                + "."
+            )
             continue
-        ordered = part.sort_values(key, kind="stable")
-        lo, hi = ordered.iloc[0], ordered.iloc[-1]
-        if len(ordered) == 1:
-            out.append(f"{label} of {names[lo['run']]}: {_fmt(lo[key])}.")
+        ranking = rank(frame, key, label, err_key)
+        if ranking is None:
             continue
-        winners[label] = names[lo["run"]]
+        lo, hi = ranking.lowest, ranking.highest
         text = f"Lowest {label}: {names[lo['run']]} ({_fmt(lo[key])}); highest: {names[hi['run']]} ({_fmt(hi[key])})"
-        if lo[key] > 0:
-            text += f", {hi[key] / lo[key]:.2g}× higher"
-        second = ordered.iloc[1]
-        if err_key and err_key in frame and not pd.isna(lo.get(err_key)) and not pd.isna(second.get(err_key)):
-            gap = float(second[key] - lo[key])
-            err = math.hypot(float(lo[err_key]), float(second[err_key]))
-            if err > 0 and gap < 2 * err:
+        if ranking.spread_resolved is False:
+            difference = (
+                f" ({ratio_phrase(float(hi[key]), float(lo[key]))})"
+                if lo[key] > 0 and hi[key] > lo[key]
+                else ""
+            )
+            text += (
+                f"; the difference{difference} is within two standard errors (standard error of the "
+                f"difference {_fmt(ranking.spread_error)}): not resolved"
+            )
+        else:
+            if lo[key] > 0 and hi[key] > lo[key]:
+                text += f", {ratio_phrase(float(hi[key]), float(lo[key]))}"
+            if ranking.first_resolved is False:
+                second = ranking.runner_up
                 text += (
                     f"; the runner-up {names[second['run']]} ({_fmt(second[key])}) is within two standard "
-                    f"errors ({_fmt(err)}), so the first place is not resolved"
+                    f"errors (standard error of the difference {_fmt(ranking.first_error)}), so the first "
+                    "place is not resolved"
                 )
         out.append(text + ".")
-    distinct = set(winners.values())
-    if len(winners) >= 2 and len(distinct) == 1:
-        out.append(f"{distinct.pop()} is the flattest run by every curvature measure here.")
-    elif len(distinct) > 1:
-        out.append(
-            "The measures disagree on the flattest run: "
-            + ", ".join(f"{label} picks {who}" for label, who in winners.items())
-            + "."
-        )
+    out += _flattest_sentences(frame, names)
     return out
+
+
+def _flattest_sentences(frame: pd.DataFrame, names: dict[str, str]) -> list[str]:
+    """The flattest run over the lower-is-flatter measures: named only by the measures whose first
+    place is resolved; the others are said not to resolve one."""
+    ranked = rankings(frame, "lower")
+    if len(ranked) < 2:
+        return []
+    picks = {r.label: names[r.winner] for r in ranked if r.winner is not None}
+    open_ = [r.label for r in ranked if r.winner is None]
+    unresolved = _plural(open_, "does not resolve one", "do not resolve one") if open_ else ""
+    distinct = set(picks.values())
+    if not picks:
+        return [
+            "No curvature measure resolves a flattest run: at the top, "
+            + _plural(open_, "is", "are")
+            + " within two standard errors."
+        ]
+    if len(distinct) == 1 and not open_:
+        return [
+            f"{distinct.pop()} is the flattest run by every measure of flatness here ({_join(list(picks))})."
+        ]
+    if len(distinct) == 1:
+        return [
+            f"{distinct.pop()} is the flattest run by {_join(list(picks))} ({len(picks)} of {len(ranked)} "
+            f"measures); {unresolved}."
+        ]
+    text = "The measures disagree on the flattest run: " + ", ".join(
+        f"{label} picks {who}" for label, who in picks.items()
+    )
+    return [text + (f"; {unresolved}" if unresolved else "") + "."]
 
 
 def logit_path_sentences(frame: pd.DataFrame, domain: str) -> list[str]:
@@ -226,7 +376,7 @@ def right_reason_sentences(frame: pd.DataFrame) -> list[str]:
     flatter = measures("lower")
     if not flatter:
         return []
-    first, first_label, _ = flatter[0]
+    first, first_label, first_err = flatter[0]
     part = _valid(_valid(frame, "eval_loss"), first)
     if len(part) < 2:
         return []
@@ -245,6 +395,15 @@ def right_reason_sentences(frame: pd.DataFrame) -> list[str]:
                 + ", ".join(pieces)
                 + " (+1: the flatter, the better it generalised)."
             )
+    ranking = rank(part, first, first_label, first_err)
+    if ranking is not None and ranking.first_resolved is False:
+        second = ranking.runner_up
+        out.append(
+            f"No run has a resolved lowest {first_label}: {names[ranking.lowest['run']]} "
+            f"({_fmt(ranking.lowest[first])}) and {names[second['run']]} ({_fmt(second[first])}) are within "
+            "two standard errors, so flatness by it cannot be set against generalisation."
+        )
+        return out
     flattest = part.sort_values(first, kind="stable").iloc[0]
     best = part.sort_values("eval_loss", kind="stable").iloc[0]
     if flattest["run"] == best["run"]:
@@ -329,32 +488,37 @@ def rho_sentences(frame: pd.DataFrame) -> list[str]:
 
 
 def headline(frame: pd.DataFrame) -> list[str]:
-    """One sentence answering the report's question for a group: the run that is flattest by most
-    curvature measures, the run with the best eval loss, whether they are the same, and which path
-    the sharpness gradient takes."""
+    """One sentence answering the report's question for a group: the run flattest by most
+    lower-is-flatter curvature measures (a measure counts only when its first place is resolved,
+    more than two standard errors ahead), the run with the best eval loss, whether they are the
+    same, and which path the sharpness gradient takes."""
     names = _names(frame)
-    wins: dict[str, int] = {}
-    measured = 0
-    for key, _, _ in measures():
-        part = _valid(frame, key)
-        if len(part) < 2:
-            continue
-        measured += 1
-        run = str(part.sort_values(key, kind="stable").iloc[0]["run"])
-        wins[run] = wins.get(run, 0) + 1
+    ranked = rankings(frame, "lower")
     evals = _valid(frame, "eval_loss")
-    if not wins or evals.empty:
+    if not ranked or evals.empty:
         return []
-    top = max(wins.values())
-    flattest = [run for run, count in wins.items() if count == top]
+    wins: dict[str, int] = {}
+    for ranking in ranked:
+        if ranking.winner is not None:
+            wins[ranking.winner] = wins.get(ranking.winner, 0) + 1
+    open_ = len(ranked) - sum(wins.values())
     best_row = evals.sort_values("eval_loss", kind="stable").iloc[0]
     best = str(best_row["run"])
-    who = " and ".join(names[r] for r in flattest)
-    text = (
-        f"In short: {who} {'is' if len(flattest) == 1 else 'are'} flattest by {top} of {measured} measures; "
-    )
-    text += f"{names[best]} generalises best (eval loss {float(best_row['eval_loss']):.4f})"
-    text += ", the same run" if best in flattest else ", a different run"
+    if wins:
+        top = max(wins.values())
+        flattest = [run for run, count in wins.items() if count == top]
+        who = " and ".join(names[r] for r in flattest)
+        text = f"In short: {who} {'is' if len(flattest) == 1 else 'are'} flattest by {top} of {len(ranked)} measures"
+        if open_:
+            text += f" ({open_} {'does' if open_ == 1 else 'do'} not resolve a flattest run)"
+        text += f"; {names[best]} generalises best (eval loss {float(best_row['eval_loss']):.4f})"
+        text += ", the same run" if best in flattest else ", a different run"
+    else:
+        text = (
+            "In short: no run is resolved as the flattest (at the top of every curvature measure the runs "
+            f"are within two standard errors); {names[best]} generalises best (eval loss "
+            f"{float(best_row['eval_loss']):.4f})"
+        )
     shares = _valid(_valid(frame, tau.LOGIT), tau.FUNC)
     if not shares.empty:
         logit, func = shares[tau.LOGIT].astype(float), shares[tau.FUNC].astype(float)

@@ -10,9 +10,9 @@ Every ``diagnose_every`` steps the training loop records, on a fixed subset of t
   call with the metrics' diagnostic budgets (:func:`landscape.metrics.diagnostic_budget`). Built
   in: ``lambda_max`` and ``lambda_max_residual`` (Lanczos, relative tolerance 1e-2, at most
   ``max_iter`` = 20 steps), ``trace`` (tr H) and ``trace_stderr``, ``ggn_lambda_max``,
-  ``ggn_trace`` (tr G) with ``ggn_trace_stderr`` and ``functional_trace`` (tr H_F = tr(H - G),
-  Singh, Mobahi, Agarwala & Dauphin 2025, arXiv 2502.02407, Eq. 8), XTrace with ``trace_samples``
-  = 24 products each, and ``tau_logit``, ``tau_func``, ``tau_cross`` (the normalised split of the
+  ``ggn_trace`` (tr G) with ``ggn_trace_stderr`` and ``functional_trace`` (tr H_F = tr(H - G))
+  with ``functional_trace_stderr`` (Singh, Mobahi, Agarwala & Dauphin 2025, arXiv 2502.02407,
+  Eq. 8), XTrace with ``trace_samples`` = 24 products each, and ``tau_logit``, ``tau_func``, ``tau_cross`` (the normalised split of the
   sharpness gradient ``H g`` into its Gauss-Newton and functional parts, Eq. 9 of that paper;
   they sum to 1);
 * ``weight_norm``: ``||theta||_2`` over the trained parameters;
