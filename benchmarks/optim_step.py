@@ -52,7 +52,7 @@ ROWS: list[tuple[str, str, float | None]] = [
     ("logit-sam", "adamw", 2.1),
     ("precond-sam", "adamw", 2.1),
     ("precond-func-sam", "adamw", 2.1),
-    ("rwsam", "adamw", 2.1),
+    ("rwsam", "adamw", 2.35),  # 3F+2B: SAM plus one forward without graph (7/6 of SAM)
     ("angle-sam", "adamw", 2.6),
     ("msam", "adamw", None),
     ("sgld", "sgd", None),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -27,8 +28,23 @@ from cli.console import (
     stage_progress,
     summary_event,
 )
+from cli.options import announcing, bounded
 from cli.report import demo, report
 from cli.train import prune_eval, train
+from landscape.bounds import (
+    BATCH_SIZE,
+    MAX_ITER,
+    SAMPLES,
+    SEED,
+    SEQ_LEN,
+    SLICE_DISTANCE,
+    SLICE_GRID,
+    SLICE_STEPS,
+    THREADS,
+    TOL,
+    TOP_K,
+    TRACE_SAMPLES,
+)
 from landscape.errors import UserError, one_line, write_error
 from landscape.metrics import names as metric_names  # the declarations only: no torch here
 
@@ -85,16 +101,16 @@ def analyze(
         typer.Option(help="built-in (digits, text), a .pt/.npz file with x and y, or module:function"),
     ] = None,
     loss: Annotated[str | None, typer.Option(help=LOSS_HELP)] = None,
-    samples: Annotated[int | None, typer.Option(help="use the first N samples (default: all)")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="chunk size for products (memory only)")] = None,
+    samples: Annotated[int | None, bounded(SAMPLES, "use the first N samples (default: all)")] = None,
+    batch_size: Annotated[int | None, bounded(BATCH_SIZE, "chunk size for products (memory only)")] = None,
     dtype: Annotated[str, typer.Option(help="float32 or float64")] = "float32",
-    seed: Annotated[int, typer.Option(help="seeds model init and every random probe")] = 0,
+    seed: Annotated[int, bounded(SEED, "seeds model init and every random probe")] = 0,
     metrics: Annotated[str, typer.Option(help=f"comma list of {','.join(metric_names())}, or all")] = "all",
-    top_k: Annotated[int, typer.Option(help="number of top eigenvalues")] = 5,
+    top_k: Annotated[int, bounded(TOP_K, "number of top eigenvalues")] = 5,
     trace_method: Annotated[str, typer.Option(help="xtrace, hutchpp or hutchinson")] = "xtrace",
-    trace_samples: Annotated[int, typer.Option(help="operator products per trace estimate")] = 96,
-    tol: Annotated[float, typer.Option(help="relative accuracy of Lanczos eigenvalues")] = 1e-3,
-    max_iter: Annotated[int, typer.Option(help="Lanczos steps at most (lambda_min needs the most)")] = 300,
+    trace_samples: Annotated[int, bounded(TRACE_SAMPLES, "operator products per trace estimate")] = 96,
+    tol: Annotated[float, bounded(TOL, "relative accuracy of Lanczos eigenvalues")] = 1e-3,
+    max_iter: Annotated[int, bounded(MAX_ITER, "Lanczos steps at most (lambda_min needs the most)")] = 300,
     params: Annotated[
         str | None, typer.Option(help="only parameters whose names match (comma-separated regexes)")
     ] = None,
@@ -104,8 +120,8 @@ def analyze(
     exact: Annotated[
         bool, typer.Option(help="assemble the dense matrices and diagonalise (small models)")
     ] = False,
-    seq_len: Annotated[int | None, typer.Option(help="sequence length of the text data")] = None,
-    threads: Annotated[int | None, typer.Option(help="torch threads (default: torch's choice)")] = None,
+    seq_len: Annotated[int | None, bounded(SEQ_LEN, "sequence length of the text data")] = None,
+    threads: Annotated[int | None, bounded(THREADS, "torch threads (default: torch's choice)")] = None,
     out: Annotated[Path, typer.Option(help="output folder")] = Path("analysis"),
     json_output: Annotated[
         bool, typer.Option("--json", help="print analysis.json to stdout instead of a table")
@@ -140,7 +156,8 @@ def analyze(
     output = Output.parse(quiet, log_format, leader, json_output)
     set_threads(threads)
     ensure_writable_dir(out)
-    with stage_progress(output, "analyze") as report:
+    with stage_progress(output, "analyze") as spinner:
+        report = announcing(spinner, leader)
         report("loading model and data")
         inputs = resolve_inputs(
             checkpoint,
@@ -179,8 +196,8 @@ def analyze(
     if json_output:
         out_console.file.write(dumps_json(result.to_dict() | {"context": context}))
         return
-    if inputs.note:
-        note(inputs.note, output)
+    for line in [inputs.note, *result.notes] if inputs.note else result.notes:
+        note(line, output)
     if output.json_lines:
         from landscape.metrics import record_keys
 
@@ -200,19 +217,19 @@ def surface(
     model: Annotated[str | None, typer.Option(help="built-in or package.module:factory")] = None,
     data: Annotated[str | None, typer.Option(help="built-in, .pt/.npz file or module:function")] = None,
     loss: Annotated[str | None, typer.Option(help=LOSS_HELP)] = None,
-    samples: Annotated[int | None, typer.Option(help="use the first N samples")] = None,
+    samples: Annotated[int | None, bounded(SAMPLES, "use the first N samples")] = None,
     kind: Annotated[str, typer.Option(help="1d, 2d or both")] = "both",
     other: Annotated[
         Path | None, typer.Option(help="a second checkpoint: also the 1D path between the two")
     ] = None,
-    distance: Annotated[float, typer.Option(help="slice half-width in filter norms")] = 1.0,
-    steps: Annotated[int, typer.Option(help="points along the 1D slice")] = 41,
-    grid: Annotated[int, typer.Option(help="points per axis of the 2D slice")] = 21,
+    distance: Annotated[float, bounded(SLICE_DISTANCE, "slice half-width in filter norms")] = 1.0,
+    steps: Annotated[int, bounded(SLICE_STEPS, "points along the 1D slice")] = 41,
+    grid: Annotated[int, bounded(SLICE_GRID, "points per axis of the 2D slice")] = 21,
     include_1d_params: Annotated[
         bool, typer.Option(help="also move biases and norm parameters (default: fixed, as Li et al.)")
     ] = False,
     dtype: Annotated[str, typer.Option(help="float32 or float64")] = "float32",
-    seed: Annotated[int, typer.Option(help="seeds the random directions")] = 0,
+    seed: Annotated[int, bounded(SEED, "seeds the random directions")] = 0,
     out: Annotated[Path, typer.Option(help="output folder")] = Path("surface"),
     trust_checkpoint: Annotated[
         bool,
@@ -235,7 +252,8 @@ def surface(
     leader = leader_process()  # under torchrun: every rank evaluates on its shard, rank 0 writes
     torch_dtype = parse_dtype(dtype)
     ensure_writable_dir(out)
-    with stage_progress(leader, "surface") as report:
+    with stage_progress(leader, "surface") as spinner:
+        report = announcing(spinner, leader)
         report("loading model and data")
         inputs = resolve_inputs(
             checkpoint,
@@ -332,10 +350,34 @@ def _environment_error(exc: BaseException) -> UserError | None:
     return None
 
 
+def _warning_lines(caught: list[warnings.WarningMessage]) -> None:
+    """Each distinct warning of a command that succeeded as one line on stderr."""
+    seen: set[str] = set()
+    for w in caught:
+        line = f"warning: {one_line(w.message)} ({w.category.__name__})"
+        if line not in seen:
+            seen.add(line)
+            sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Console entry point: one-line errors and a non-zero exit for bad input; tracebacks with --debug."""
+    """Console entry point: one-line errors and a non-zero exit for bad input; tracebacks with --debug.
+
+    Python warnings raised during a command (torch's, transformers') are held back: a command that
+    fails prints its ``error:`` line alone, one that succeeds prints each distinct warning as one
+    ``warning:`` line; with ``--debug`` they show as Python shows them, as they happen."""
     args = sys.argv[1:] if argv is None else argv
-    debug = "--debug" in args
+    if "--debug" in args:
+        return _main(args, debug=True)
+    with warnings.catch_warnings(record=True) as caught:
+        code = _main(args, debug=False)
+    if code == 0:
+        _warning_lines(caught)
+    return code
+
+
+def _main(args: list[str], debug: bool) -> int:
     try:
         code = app(args=args, standalone_mode=False, prog_name="landscape")
     except UserError as exc:

@@ -21,13 +21,8 @@ from cli.console import (
     stage_progress,
     summary_event,
 )
-from landscape.errors import UserError
-
-
-def _parse_sparsities(text: str) -> list[float]:
-    from landscape.prune import parse_sparsities
-
-    return parse_sparsities(text)
+from cli.options import announcing, bounded, parsed, sparsities
+from landscape.bounds import SEED, SLICE_DISTANCE, SLICE_GRID, SLICE_STEPS, THREADS
 
 
 def _print_summary(lines: list[str], limit: int | None = None) -> None:
@@ -60,13 +55,13 @@ def report(
         bool, typer.Option("--pruning/--no-pruning", help="evaluate one-shot global magnitude pruning")
     ] = True,
     sparsity: Annotated[
-        str, typer.Option(help="pruning levels, comma-separated fractions")
+        str, parsed(sparsities, "pruning levels, comma-separated fractions")
     ] = "0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9",
-    slice_steps: Annotated[int, typer.Option(help="points along each 1D slice")] = 41,
-    slice_grid: Annotated[int, typer.Option(help="points per axis of each 2D slice")] = 17,
-    slice_distance: Annotated[float, typer.Option(help="slice half-width in filter norms")] = 1.0,
-    seed: Annotated[int, typer.Option(help="seeds the slice directions and the data subsets")] = 0,
-    threads: Annotated[int | None, typer.Option(help="torch threads (default: torch's choice)")] = None,
+    slice_steps: Annotated[int, bounded(SLICE_STEPS, "points along each 1D slice")] = 41,
+    slice_grid: Annotated[int, bounded(SLICE_GRID, "points per axis of each 2D slice")] = 17,
+    slice_distance: Annotated[float, bounded(SLICE_DISTANCE, "slice half-width in filter norms")] = 1.0,
+    seed: Annotated[int, bounded(SEED, "seeds the slice directions and the data subsets")] = 0,
+    threads: Annotated[int | None, bounded(THREADS, "torch threads (default: torch's choice)")] = None,
     trust_checkpoint: Annotated[
         bool,
         typer.Option(
@@ -88,18 +83,13 @@ def report(
     from landscape.report.build import SliceSettings, build_report
     from landscape.runs import ensure_writable_dir
 
-    if seed < 0:
-        raise UserError(f"--seed must be non-negative, got {seed}")
-    if slice_steps < 2 or slice_grid < 2:
-        raise UserError("--slice-steps and --slice-grid must be at least 2")
-    if not slice_distance > 0:
-        raise UserError(f"--slice-distance must be positive, got {slice_distance}")
-    levels = _parse_sparsities(sparsity)
+    levels = sparsities(sparsity)
     output = Output.parse(quiet, log_format)
     set_threads(threads)
     ensure_writable_dir(out)
     settings = SliceSettings(line_steps=slice_steps, plane_steps=slice_grid, distance=slice_distance)
-    with stage_progress(output, "report") as progress:
+    with stage_progress(output, "report") as spinner:
+        progress = announcing(spinner)
         result = build_report(
             runs,
             out,
@@ -136,9 +126,9 @@ def demo(
         Path | None,
         typer.Option(help="keep the training runs in this new folder [default: a temporary folder]"),
     ] = None,
-    seed: Annotated[int, typer.Option(help="seeds models, data order, estimators and slices")] = 0,
+    seed: Annotated[int, bounded(SEED, "seeds models, data order, estimators and slices")] = 0,
     threads: Annotated[
-        int, typer.Option(help="torch threads (the demo's small models run fastest on one)")
+        int, bounded(THREADS, "torch threads (the demo's small models run fastest on one)")
     ] = 1,
     quiet: Quiet = False,
     log_format: LogFormat = "text",

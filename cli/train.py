@@ -44,12 +44,14 @@ from cli.console import (
     summary_event,
     tenth,
 )
+from cli.options import bounded, parsed, sparsities, usage_errors
+from landscape.bounds import SAMPLES, SEED, SEQ_LEN, THREADS
 from landscape.errors import UserError
-from landscape.optim.options import Option
+from landscape.optim.options import Option, option_flag
 from landscape.optim.rules import RULES, run_options  # the specs only: no torch here
 
 if TYPE_CHECKING:
-    from landscape.train import RunSummary, TrainProgress
+    from landscape.train import RunConfig, RunSummary, TrainProgress
 
 
 # Options that make up a run's configuration (with --resume they come from config.json instead),
@@ -127,7 +129,8 @@ def method_option_flags(after: str) -> Callable[[Callable[..., None]], Callable[
                 inspect.Parameter.POSITIONAL_OR_KEYWORD,
                 default=None,
                 annotation=Annotated[
-                    (str if option.sweep else option.type) | None, typer.Option(help=option_help(option))
+                    (str if option.sweep else option.type) | None,
+                    typer.Option(option.flag, help=option_help(option)),
                 ],
             )
             for option in run_options()
@@ -312,6 +315,17 @@ def _stopped(message: str) -> None:
     raise SystemExit(130)
 
 
+def _check_values(config: RunConfig, methods: list[str], rhos: list[float]) -> None:
+    """Every value of a new run's options in range, by the run configuration's own validation (the
+    method options by their rule specs), for each method and rho of the suite: a ``UserError``
+    names the first bad one."""
+    import dataclasses
+
+    for method in methods or [config.method]:
+        for rho in rhos or [config.rho]:
+            dataclasses.replace(config, method=method, rho=rho).validate()
+
+
 @method_option_flags(after="weight_decay")
 def train(
     model: Annotated[
@@ -390,7 +404,7 @@ def train(
     resume: Annotated[
         Path | None, typer.Option(help="continue the run (or suite) in this folder from its last checkpoint")
     ] = None,
-    threads: Annotated[int | None, typer.Option(help="torch threads (default: torch's choice)")] = None,
+    threads: Annotated[int | None, bounded(THREADS, "torch threads (default: torch's choice)")] = None,
     json_output: Annotated[bool, typer.Option("--json", help="print the summaries as JSON")] = False,
     quiet: Quiet = False,
     log_format: LogFormat = "text",
@@ -439,7 +453,7 @@ def train(
                 named = {k: v for k, v in given.items() if k in _SPEC_OPTIONS}
                 others = [name for name in given if name not in named]
                 if others:
-                    flags = ", ".join("--" + name.replace("_", "-") for name in others)
+                    flags = ", ".join(option_flag(name) for name in others)
                     raise UserError(f"--resume continues with the run's config.json; drop {flags}")
                 trust = {"trust_checkpoint": trust_checkpoint, "named_specs": named}
                 if is_suite_folder(resume):
@@ -481,11 +495,11 @@ def train(
                 options["shuffle"] = not no_shuffle
                 # the method options (from the rule specs); the sweep option (--rho) runs a suite
                 options.update({o.name: method_options.get(o.name) for o in run_options() if not o.sweep})
-                if eval_data is not None and eval_fraction is not None:
-                    raise UserError("give --eval-data or --eval-fraction, not both")
-                if options.get("seed", 0) < 0:
-                    raise UserError(f"--seed must be non-negative, got {seed}")
-                rhos = parse_float_list(method_options.get("rho"), "--rho")
+                with usage_errors():  # the values of the options, before any work: exit status 2
+                    if eval_data is not None and eval_fraction is not None:
+                        raise UserError("give --eval-data or --eval-fraction, not both")
+                    rhos = parse_float_list(method_options.get("rho"), "--rho")
+                    _check_values(RunConfig(**options), method or [], rhos)
                 runs = expand_suite(
                     RunConfig(**options), method or [], rhos, trust_checkpoint=trust_checkpoint
                 )
@@ -523,7 +537,7 @@ def train(
 def prune_eval(
     checkpoint: Annotated[Path, typer.Argument(help="a run's final.pt / step checkpoint, or any state dict")],
     sparsity: Annotated[
-        str, typer.Option(help="comma list of fractions of weights to zero, e.g. 0.1,0.2,0.5")
+        str, parsed(sparsities, "comma list of fractions of weights to zero, e.g. 0.1,0.2,0.5")
     ] = "0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9",
     model: Annotated[
         str | None, typer.Option(help="built-in or package.module:factory (default: from the checkpoint)")
@@ -532,14 +546,14 @@ def prune_eval(
         str | None, typer.Option(help="evaluation data (default: the run's held-out data)")
     ] = None,
     loss: Annotated[str | None, typer.Option(help=LOSS_HELP)] = None,
-    samples: Annotated[int | None, typer.Option(help="evaluate on the first N items")] = None,
+    samples: Annotated[int | None, bounded(SAMPLES, "evaluate on the first N items")] = None,
     include_all: Annotated[
         bool, typer.Option(help="rank every parameter, biases and norm gains too (default: weights only)")
     ] = False,
-    seq_len: Annotated[int | None, typer.Option(help="sequence length of the text data")] = None,
+    seq_len: Annotated[int | None, bounded(SEQ_LEN, "sequence length of the text data")] = None,
     dtype: Annotated[str, typer.Option(help="float32 or float64")] = "float32",
     seed: Annotated[
-        int, typer.Option(help="seeds the model construction (weights come from the checkpoint)")
+        int, bounded(SEED, "seeds the model construction (weights come from the checkpoint)")
     ] = 0,
     out: Annotated[Path | None, typer.Option(help="output folder [default: the checkpoint's folder]")] = None,
     json_output: Annotated[bool, typer.Option("--json", help="print the results as JSON")] = False,
@@ -550,7 +564,7 @@ def prune_eval(
             "trusted files only"
         ),
     ] = False,
-    threads: Annotated[int | None, typer.Option(help="torch threads (default: torch's choice)")] = None,
+    threads: Annotated[int | None, bounded(THREADS, "torch threads (default: torch's choice)")] = None,
     debug: Annotated[bool, typer.Option(help="show tracebacks")] = False,
 ) -> None:
     """One-shot global magnitude pruning: eval loss of CHECKPOINT with the smallest weights zeroed.
@@ -568,8 +582,6 @@ def prune_eval(
 
     torch_dtype = parse_dtype(dtype)
     levels = parse_sparsities(sparsity)
-    if samples is not None and samples < 1:
-        raise UserError(f"--samples must be positive, got {samples}")
     set_threads(threads)
     out_dir = out or checkpoint.parent
     ensure_writable_dir(out_dir)

@@ -25,6 +25,8 @@ import torch
 from torch import nn
 
 from landscape import metrics as registry
+from landscape.bounds import MAX_ITER, SEED, TOL, TOP_K, TRACE_SAMPLES, JobSize
+from landscape.curvature.checks import require_deterministic
 from landscape.errors import UserError
 from landscape.metrics import Context, Metric, Outcome, Settings
 from landscape.problem import Problem
@@ -47,7 +49,7 @@ EXACT_MAX_PARAMS = 6000
 Progress = Callable[[str], None]
 
 _HEAD = ("loss", "grad_norm", "num_params", "num_samples", "num_targets", "dtype", "mode", "metrics", "exact")
-_TAIL = ("hvp_count", "ggn_count", "hvp_method", "ggn_method", "seconds", "seed", "processes")
+_TAIL = ("hvp_count", "ggn_count", "hvp_method", "ggn_method", "seconds", "seed", "processes", "notes")
 
 parse_metrics = registry.parse_metrics
 
@@ -110,6 +112,7 @@ class AnalysisResult(_Values):
     seconds: float = 0.0
     seed: int = 0
     processes: int = 1
+    notes: list[str] = field(default_factory=list)
     layers: list[LayerResult] = field(default_factory=list)
     values: Mapping[str, Any] = field(default_factory=dict)
     outcomes: Mapping[str, Outcome] = field(default_factory=dict, compare=False, repr=False)
@@ -150,15 +153,14 @@ def _settings(chosen: Sequence[Metric], options: Mapping[str, Any], **common: An
         raise UserError(
             f"unknown trace method '{common['trace_method']}' (choose from {', '.join(TRACE_METHODS)})"
         )
-    for name, value, low in (
-        ("top-k", common["top_k"], 1),
-        ("trace samples", common["trace_samples"], 2),
-        ("max-iter", common["max_iter"], 2),
+    for name, bound in (
+        ("top_k", TOP_K),
+        ("trace_samples", TRACE_SAMPLES),
+        ("max_iter", MAX_ITER),
+        ("tol", TOL),
+        ("seed", SEED),
     ):
-        if value < low:
-            raise UserError(f"{name} must be at least {low}, got {value}")
-    if not (0 < common["tol"] < 1):
-        raise UserError(f"tol must be in (0, 1), got {common['tol']}")
+        bound.check(common[name], name)
     return Settings(**common, options=registry.option_defaults(chosen) | dict(options))
 
 
@@ -173,6 +175,72 @@ def _layers(outcomes: Sequence[Outcome], chosen: Sequence[Metric]) -> list[Layer
             merged = rows.setdefault(row["name"], dict.fromkeys(columns))
             merged.update((k, v) for k, v in row.items() if k not in ("name", "num_params"))
     return [LayerResult(name, sizes[name], values) for name, values in rows.items()]
+
+
+def _problem(
+    model: nn.Module | Problem,
+    data: Any,
+    loss: str,
+    params: str | Sequence[str] | None,
+    batch_size: int | None,
+    dtype: torch.dtype | None,
+) -> tuple[Problem, list[str]]:
+    """The problem to analyse and the notes about it. Parameter tensors that the model's outputs
+    do not depend on (a dead layer: no gradient, no curvature) are left out of a problem built
+    here, with a note naming them; a ready :class:`Problem` that holds any is refused."""
+    if isinstance(model, Problem):
+        problem = model
+    else:
+        problem = Problem(model, data, loss, params=params, batch_size=batch_size, dtype=dtype)
+    unused = list(problem.unused_params)
+    if not unused:
+        return problem, []
+    names = ", ".join(unused[:4]) + (f" and {len(unused) - 4} more" if len(unused) > 4 else "")
+    if isinstance(model, Problem):
+        raise UserError(
+            f"the model's outputs do not depend on parameter(s) {names}: their derivatives do not "
+            "exist; build the Problem with params= naming the others"
+        )
+    kept = [n for n in problem.param_names if n not in set(unused)]
+    note = (
+        f"left out {len(unused)} parameter tensor(s) that the outputs do not depend on ({names}): "
+        "their gradient and curvature are zero; --params selects parameters explicitly"
+    )
+    return Problem(model, data, loss, params=kept, batch_size=batch_size, dtype=dtype), [note]
+
+
+def _check_sizes(problem: Problem, chosen: Sequence[Metric], settings: Settings) -> None:
+    """The settings fit the problem: ``--exact`` on a small model, ``top_k`` (and lambda_min)
+    within the parameters and the Lanczos steps."""
+    n = problem.num_params
+    if settings.exact and n > EXACT_MAX_PARAMS:
+        raise UserError(f"--exact assembles a {n}x{n} matrix; allowed up to {EXACT_MAX_PARAMS} parameters")
+    if not any(metric.name == "eigen" for metric in chosen):
+        return
+    if settings.exact:
+        if settings.top_k > n:
+            raise UserError(f"--top-k {settings.top_k} exceeds the {n} analysed parameters")
+        return
+    room = min(settings.max_iter, n)
+    if settings.top_k + 1 > room:
+        raise UserError(
+            f"--top-k {settings.top_k} and lambda_min need {settings.top_k + 1} Ritz values, more than "
+            f"min(--max-iter, parameters) = {room}: lower --top-k"
+            + (" or raise --max-iter" if settings.max_iter < n else "")
+        )
+
+
+def _plan(problem: Problem, chosen: Sequence[Metric], settings: Settings) -> str:
+    """The size of the analysis, stated before it starts."""
+    described = problem.describe()
+    work = f"{', '.join(m.name for m in chosen)} on {problem.num_samples} samples ({problem.num_targets} "
+    work += f"targets, {described['num_batches']} chunk(s)) and {problem.num_params} parameters: "
+    if settings.exact:
+        return work + f"{problem.num_params} products per assembled matrix"
+    return work + (
+        f"up to {settings.max_iter} Lanczos steps per eigenvalue run, "
+        f"{settings.trace_samples} products per trace (one product: about 2 passes over the data)"
+    )
 
 
 def analyze(
@@ -241,21 +309,19 @@ def analyze(
         seed=seed,
     )
     report = progress or _noop
-    problem = (
-        model
-        if isinstance(model, Problem)
-        else Problem(model, data, loss, params=params, batch_size=batch_size, dtype=dtype)
-    )
-    if exact and problem.num_params > EXACT_MAX_PARAMS:
-        raise UserError(
-            f"--exact assembles a {problem.num_params}x{problem.num_params} matrix; "
-            f"allowed up to {EXACT_MAX_PARAMS} parameters"
-        )
-
-    report("building operators")
-    loss_value = problem.loss_value()
-    ctx = Context(problem, settings, chosen, hvp_method=hvp_method, progress=report)
-    outcomes = {metric.name: ctx.measure(metric) for metric in chosen}
+    module = model.model if isinstance(model, Problem) else model
+    was_training = module.training
+    try:
+        problem, notes = _problem(model, data, loss, params, batch_size, dtype)
+        _check_sizes(problem, chosen, settings)
+        require_deterministic(problem)
+        report(JobSize(_plan(problem, chosen, settings)))
+        report("building operators")
+        loss_value = problem.loss_value()
+        ctx = Context(problem, settings, chosen, hvp_method=hvp_method, progress=report, loss=loss_value)
+        outcomes = {metric.name: ctx.measure(metric) for metric in chosen}
+    finally:
+        module.train(was_training)  # the problem evaluates in eval mode; the caller's mode stays
     report("done")
     values: dict[str, Any] = {}
     for outcome in outcomes.values():
@@ -278,6 +344,7 @@ def analyze(
         seconds=time.perf_counter() - started,
         seed=seed,
         processes=described["processes"],
+        notes=notes,
         layers=_layers(list(outcomes.values()), chosen),
         values=values,
         outcomes=outcomes,

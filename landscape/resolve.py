@@ -74,8 +74,9 @@ def resolve_inputs(
     use_eval_data: bool = False,
     allowed_code: Collection[str | None] = (),
 ) -> Inputs:
-    """Build the model (``torch.manual_seed(seed)`` first, so built-in initialisations repeat),
-    load the checkpoint's weights into it and load the data set.
+    """Build the model (``torch.manual_seed(seed)`` first, so built-in initialisations repeat) and
+    cast it to ``dtype``, load the checkpoint's weights into it (a checkpoint in ``dtype`` comes
+    back bit for bit) and load the data set.
 
     The checkpoint's stored config never chooses code to run (:mod:`landscape.trust`): an import
     path it stores for the model, the data or the loss (and the held-out data, with
@@ -104,6 +105,9 @@ def resolve_inputs(
     kwargs = dict(config.get("model_kwargs") or {}) if model_spec == config.get("model") else {}
     torch.manual_seed(seed)
     net = build_model(model_spec, **kwargs)  # first, so an unknown model name is what gets reported
+    # in the analysis dtype before any weight is loaded: a float64 checkpoint loaded into float32
+    # parameters would lose its last 29 bits, which no later cast brings back
+    net = net.to(dtype)
     if config and model_spec == config.get("model"):
         # a LoRA run's checkpoint holds adapter weights: give the rebuilt model its adapters first
         add_run_adapters(net, config)
@@ -116,7 +120,6 @@ def resolve_inputs(
     loss_name = loss or config.get("loss") or (info.loss if info else "cross_entropy")
     if state is not None:
         load_into_model(net, state)
-    net = net.to(dtype)
     length = seq_len or int(config.get("seq_len", 64))
     # A training run's checkpoint whose data was split into train and eval parts: analyse the
     # training part (the loss that was minimised), unless other data was asked for.

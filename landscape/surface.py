@@ -14,6 +14,11 @@ rescaled to the model norm afterwards: alpha = 1 means one filter norm along eve
 
 The slice is L(theta + alpha d1 [+ beta d2]) on the whole evaluation data (the problem's mean loss).
 The path between two checkpoints is L((1 - t) theta_a + t theta_b), t in [-0.25, 1.25] by default.
+
+Sizes are bounded (:mod:`landscape.bounds`): at most 2001 points along a line or path, 201 per
+axis of a plane (40,401 loss evaluations), a half-width in (0, 100] filter norms. Each point is
+one full-data loss evaluation, one forward pass per chunk of the data; :func:`compute_surface`
+states the number of both before it starts (a :class:`~landscape.bounds.JobSize` message).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from landscape.bounds import SEED, SLICE_DISTANCE, SLICE_GRID, SLICE_STEPS, JobSize
 from landscape.errors import UserError
 from landscape.problem import Problem
 
@@ -109,11 +115,23 @@ def _shifted(problem: Problem, steps: list[tuple[float, dict[str, Tensor]]]) -> 
 
 
 def _grid(distance: float, steps: int) -> list[float]:
-    if steps < 2:
-        raise UserError(f"a slice needs at least 2 points per axis, got {steps}")
-    if not distance > 0:
-        raise UserError(f"the slice distance must be positive, got {distance}")
     return [float(x) for x in torch.linspace(-distance, distance, steps, dtype=torch.float64)]
+
+
+def slice_points(
+    *, line: bool, plane: bool, path: bool, line_steps: int, plane_steps: int, path_steps: int
+) -> int:
+    """Loss evaluations of one :func:`compute_surface` call: the points of the line, the plane
+    (its square) and the path, and the centre."""
+    return 1 + line * line_steps + plane * plane_steps**2 + path * path_steps
+
+
+def _size(points: int, problem: Problem, parts: list[str]) -> JobSize:
+    passes = points * len(problem.batches)
+    return JobSize(
+        f"slices: {' + '.join(parts)} = {points} loss evaluations on {problem.num_samples} samples "
+        f"({passes} forward passes)"
+    )
 
 
 def loss_line(problem: Problem, direction: dict[str, Tensor], alphas: list[float]) -> list[float]:
@@ -145,10 +163,40 @@ def compute_surface(
         problem: the checkpoint's model, loss and evaluation data.
         line / plane: compute the 1D line and the 2D plane (filter-normalised random directions).
         other: parameters of a second checkpoint (same names) for the interpolation path.
-        distance: the slice spans [-distance, distance] in units of filter norms.
+        distance: the slice spans [-distance, distance] in units of filter norms, in (0, 100].
+        line_steps / plane_steps / path_steps: points per line, per axis of the plane and along
+            the path (bounds: :data:`~landscape.bounds.SLICE_STEPS`, :data:`~landscape.bounds.SLICE_GRID`).
         seed: seeds the directions: the same seed gives the same slices.
+        progress: called first with a :class:`~landscape.bounds.JobSize` (loss evaluations and
+            forward passes), then with a label before each stage.
+
+    Raises ``UserError`` naming the argument when a size, the distance or the seed is out of range.
     """
     report = progress or (lambda _label: None)
+    SEED.check(seed, "seed")
+    if line:
+        SLICE_STEPS.check(line_steps, "line_steps")
+    if plane:
+        SLICE_GRID.check(plane_steps, "plane_steps")
+    if line or plane:
+        SLICE_DISTANCE.check(distance, "distance")
+    if other is not None:
+        SLICE_STEPS.check(path_steps, "path_steps")
+    parts = [
+        *([f"line {line_steps}"] if line else []),
+        *([f"plane {plane_steps}x{plane_steps}"] if plane else []),
+        *([f"path {path_steps}"] if other is not None else []),
+        "centre 1",
+    ]
+    points = slice_points(
+        line=line,
+        plane=plane,
+        path=other is not None,
+        line_steps=line_steps,
+        plane_steps=plane_steps,
+        path_steps=path_steps,
+    )
+    report(_size(points, problem, parts))
     gen = torch.Generator().manual_seed(seed)
     d1 = filter_normalized_direction(problem.params, gen, ignore_1d)
     d2 = filter_normalized_direction(problem.params, gen, ignore_1d)

@@ -136,7 +136,7 @@ def test_result_views_and_bad_options():
         analyze(model, data, loss, metrics="eigen,bogus")
     with pytest.raises(UserError, match="unknown trace method"):
         analyze(model, data, loss, trace_method="magic")
-    with pytest.raises(UserError, match="top-k"):
+    with pytest.raises(UserError, match="top_k must be an integer in \\[1, 1000\\]"):
         analyze(model, data, loss, top_k=0)
 
 

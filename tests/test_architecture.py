@@ -30,6 +30,7 @@ FLOORS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "landscape.distributed",
             "landscape.preserve",
             "landscape.provenance",
+            "landscape.bounds",
         ),
     ),
     (

@@ -277,7 +277,9 @@ def test_analyze_in_a_log_quiet_and_json(tmp_path, capsys):
     code, stdout, err = run([*ANALYZE, "--metrics", "eigen,trace", "--out", tmp_path / "a"], capsys)
     assert code == 0
     stages = err.splitlines()
-    assert [s.split("  elapsed ")[0] for s in stages][:2] == ["loading model and data", "building operators"]
+    labels = [s.split("  elapsed ")[0] for s in stages]
+    assert labels[0] == "loading model and data" and labels[1].startswith("plan: eigen, trace on 64 samples")
+    assert labels[2] == "building operators"  # the size of the job is stated before the work
     assert all(re.search(r"  elapsed [\dhms.]+$", s) for s in stages)
     assert "…" not in stdout and "lambda_max(H)" in stdout
 

@@ -24,6 +24,7 @@ import torch.multiprocessing as mp
 from helpers import rel, tiny_case
 from landscape import distributed
 from landscape.analysis import analyze
+from landscape.curvature.noise import gradient_noise_trace
 from landscape.curvature.operators import BlockOperator, GGNOperator, HessianOperator
 from landscape.errors import UserError
 from landscape.optim import GradientRule, make_rule
@@ -62,6 +63,9 @@ def quantities(kind: str, problem: Problem) -> dict[str, object]:
     }
     for method in ("reuse", "forward-over-reverse", "double-backward"):
         out[f"hvp_{method}"] = HessianOperator(problem, method=method).matmat(V)
+    # the gradient-noise trace: per-process chunks merged with all-reduced moments
+    out["noise_exact"] = gradient_noise_trace(problem, method="exact", chunk_size=3).estimate
+    out["noise_sketch"] = gradient_noise_trace(problem, method="sketch", num_probes=3).samples
     result = analyze(problem, metrics=METRICS, top_k=2, trace_samples=8, layer_samples=4, seed=1)
     summary = result.to_dict()
     out["analysis"] = {
@@ -81,7 +85,7 @@ RULE_CASES = {
     "angle-sam": {"rho": 0.1, "phi": 0.6},
     "precond-sam": {"rho": 0.01},
     "precond-func-sam": {"rho": 0.01},
-    "rwsam": {"rho": 0.1, "temperature": 0.05},
+    "rwsam": {"rho": 0.1, "lambda_": 2.0},
     "fsgld": {"sigma": 0.05, "seed": 4},
 }
 SPLITS = {"mlp": (8, 5), "lm": (16, 2)}  # tiny_case n, samples on rank 0
@@ -300,21 +304,28 @@ def test_a_training_suite_on_two_processes_follows_the_single_process_run(tmp_pa
     for method in TRAIN_METHODS:
         a = torch.load(parallel / method / "final.pt", weights_only=True)["model"]
         b = torch.load(single / method / "final.pt", weights_only=True)["model"]
+        # RW-SAM's finite difference divides float32 rounding (which depends on the batch split)
+        # by delta = 1e-4: its norm estimates, weights and so everything after agree less closely
+        tolerance, value_tolerance = (1e-4, 1e-3) if method == "rwsam" else (1e-5, 1e-4)
         for name in b:
-            assert rel(a[name], b[name]) < 1e-5, (method, name)
+            assert rel(a[name], b[name]) < tolerance, (method, name)
         logged = [strip_timing(r) for r in read_metrics(parallel / method)]
         reference = [strip_timing(r) for r in read_metrics(single / method)]
         assert [r["step"] for r in logged] == [r["step"] for r in reference]
         for r, ref in zip(logged, reference, strict=True):
             for key, value in ref.items():
                 if isinstance(value, float):
-                    assert math.isclose(r[key], value, rel_tol=1e-4, abs_tol=1e-6), (method, r["step"], key)
+                    assert math.isclose(r[key], value, rel_tol=value_tolerance, abs_tol=1e-6), (
+                        method,
+                        r["step"],
+                        key,
+                    )
         for name in ("analysis.json", "summary.json"):
             got = json.loads((parallel / method / name).read_text())
             want = json.loads((single / method / name).read_text())
             for key in ("lambda_max", "trace", "ggn_trace", "tau_logit", "eval_loss", "train_loss"):
                 if key in want and want[key] is not None:
-                    assert math.isclose(got[key], want[key], rel_tol=1e-4), (method, name, key)
+                    assert math.isclose(got[key], want[key], rel_tol=value_tolerance), (method, name, key)
 
 
 @pytest.mark.timeout(240)

@@ -78,6 +78,7 @@ ANALYSIS_KEYS = [
     "tau_func",
     "tau_cross",
     "sharpness_gradient_norm",
+    "tau_note",
     "hvp_count",
     "ggn_count",
     "hvp_method",
@@ -85,6 +86,7 @@ ANALYSIS_KEYS = [
     "seconds",
     "seed",
     "processes",
+    "notes",
     "layers",
     "density",
 ]
@@ -115,6 +117,7 @@ DIAGNOSTIC_KEYS = [
     "tau_logit",
     "tau_func",
     "tau_cross",
+    "tau_note",
 ]
 
 

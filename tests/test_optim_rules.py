@@ -19,7 +19,6 @@ from landscape.optim import (
     ASAM,
     MSAM,
     RULES,
-    RWSAM,
     SAM,
     AngleSAM,
     FunctionalSAM,
@@ -317,53 +316,6 @@ def test_msam_against_loop(kind):
     _, g_full = run_rule(MSAM(rho=RHO, m=B), model, x, y)
     _, g_sam = run_rule(SAM(rho=RHO), model, x, y)
     close(g_full, g_sam)
-
-
-@pytest.mark.parametrize("kind", KINDS)
-def test_rwsam_infinite_temperature_is_sam(kind):
-    model, x, y = make_case(kind)
-    _, g = run_rule(RWSAM(rho=RHO, temperature=math.inf), model, x, y)
-    _, g_sam = run_rule(SAM(rho=RHO), model, x, y)
-    close(g, g_sam)
-    _, g_hot = run_rule(RWSAM(rho=RHO, temperature=1e12), model, x, y)
-    close(g_hot, g_sam, rtol=1e-8)
-
-
-@pytest.mark.parametrize("kind", KINDS)
-def test_rwsam_against_reference(kind):
-    model, x, y = make_case(kind)
-    flat = Flat(model)
-    T = 0.02
-    theta_p = flat.ascent(flat.theta, x, y, RHO)
-    with torch.no_grad():
-        s = ce_per_sample(flat.outputs(theta_p, x), y) - ce_per_sample(flat.outputs(flat.theta, x), y)
-    w = len(s) * torch.softmax(s / T, 0)
-
-    def weighted(t: Tensor) -> Tensor:
-        z = flat.outputs(t, x)
-        z2, y2 = z.reshape(-1, z.shape[-1]), y.reshape(-1)
-        mask = (y2 != -100).to(z.dtype)
-        nll = -(z2 - torch.logsumexp(z2, 1, keepdim=True)).gather(1, y2.clamp_min(0).unsqueeze(1)).squeeze(1)
-        per_elem_w = w.repeat_interleave(y[0].numel())
-        return (nll * mask * per_elem_w).sum() / mask.sum()
-
-    rule = RWSAM(rho=RHO, temperature=T)
-    _, g = run_rule(rule, model, x, y)
-    close(g, flat.grad(weighted, theta_p))
-    close(rule.last_sample_weights, w)
-    assert float(w.max() / w.min()) > 1.5  # the reweighting is not trivial here
-
-
-def test_rwsam_callable_loss_matches_builtin_mse():
-    torch.manual_seed(3)
-    model = TinyMLP(classes=2).double()
-    x = torch.randn(6, 5, dtype=torch.float64)
-    y = torch.randn(6, 2, dtype=torch.float64)
-    _, g_builtin = run_rule(RWSAM(rho=RHO, temperature=0.05), model, x, y, loss_fn="mse")
-    _, g_callable = run_rule(
-        RWSAM(rho=RHO, temperature=0.05), model, x, y, loss_fn=lambda o, t: F.mse_loss(o, t)
-    )
-    close(g_callable, g_builtin)
 
 
 def test_mse_and_callable_losses():

@@ -273,5 +273,5 @@ def test_cli_report_and_its_errors(suite, tmp_path, capsys):
     assert main(["report", str(tmp_path), "--out", str(tmp_path / "y")]) == 1
     assert "neither a run folder" in capsys.readouterr().err
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
-    assert main(["report", str(suite), "--out", str(tmp_path / "z"), "--sparsity", "2"]) == 1
+    assert main(["report", str(suite), "--out", str(tmp_path / "z"), "--sparsity", "2"]) == 2
     assert "sparsity must be in [0, 1)" in capsys.readouterr().err

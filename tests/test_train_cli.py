@@ -103,6 +103,22 @@ def test_progress_bar_shows_loss_and_diagnostics(tmp_path, capsys, monkeypatch):
     )
 
 
+USAGE_ERRORS = {
+    "unknown method 'nope'",
+    "--rho must be a number",
+    "needs --base adamw",
+    "brings its own update",
+    "unknown base optimizer 'lion'",
+    "not both",
+    "strictly between 0 and 1",
+    "unknown schedule 'linear'",
+    "--steps must be a positive integer",
+    "--warmup (900) exceeds --steps (500)",
+    "unknown dtype 'float16'",
+}
+"""Values of the options themselves: usage errors (exit status 2) before any work."""
+
+
 @pytest.mark.parametrize(
     "args, fragment",
     [
@@ -132,7 +148,7 @@ def test_bad_input_gives_one_line_error_and_writes_nothing(args, fragment, tmp_p
     code, _, err = run(
         ["train", *args, "--out", "out"] if "--resume" not in args else ["train", *args], capsys
     )
-    assert code == 1
+    assert code == (2 if fragment in USAGE_ERRORS else 1)
     assert err.count("\n") == 1 and err.startswith("error: ") and "Traceback" not in err, err
     assert fragment in err, err
     assert not Path("out").exists() and not Path("runs").exists()

@@ -143,9 +143,10 @@ class Outcome:
 
 class Context:
     """What the metrics of one analysis compute with: the problem, the settings, the Hessian
-    operator ``H`` and the gradient (always there: the loss and ``||grad L||`` are part of every
-    analysis), ``G`` when a chosen metric needs it, and pieces shared between metrics
-    (:meth:`shared`: built by the first metric that asks, reused by the others)."""
+    operator ``H``, the loss and the gradient (always there: the loss and ``||grad L||`` are part
+    of every analysis), ``G`` when a chosen metric needs it, and pieces shared between metrics
+    (:meth:`shared`: built by the first metric that asks, reused by the others). ``loss``: the
+    full-data loss when the caller has it already (else it is computed)."""
 
     def __init__(
         self,
@@ -155,10 +156,12 @@ class Context:
         *,
         hvp_method: str = "auto",
         progress: Progress | None = None,
+        loss: float | None = None,
     ) -> None:
         from landscape.curvature.operators import GGNOperator, HessianOperator
 
         self.problem = problem
+        self.loss: float = problem.loss_value() if loss is None else float(loss)
         self.settings = settings
         self.chosen = tuple(chosen)
         self.report: Progress = progress or (lambda _label: None)

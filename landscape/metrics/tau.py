@@ -12,6 +12,12 @@ sum to 1 (:func:`~landscape.curvature.decomposition.sharpness_decomposition`: on
 product and one G product). tau_logit near 1: sharpness-aware training would reduce sharpness
 mostly through the logits, the path that paper calls spurious. The split is shared with the
 per-layer metric (:func:`split`), which reports it per parameter tensor (:func:`layer_values`).
+
+Where ``||grad L||`` is at or below its rounding floor ``4 eps(dtype) sqrt(P) max(|L|, tiny)``
+(:func:`~landscape.curvature.decomposition.gradient_norm_floor`: the error of a computed sum of
+P components, each of the size of the loss, Higham 2002 Sec. 4.2) eps* is rounding noise and the
+split is undefined: the shares are ``None`` (null in ``analysis.json`` and ``metrics.jsonl``) and
+``tau_note`` says why; the summary shows the note in their place.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ LOGIT = "tau_logit"
 FUNC = "tau_func"
 CROSS = "tau_cross"
 SHARPNESS_GRADIENT_NORM = "sharpness_gradient_norm"
+NOTE = "tau_note"
 
 
 def split(ctx: Context) -> SharpnessSplit:
@@ -47,27 +54,39 @@ def split(ctx: Context) -> SharpnessSplit:
 
 
 def _split(ctx: Context) -> SharpnessSplit:
-    from landscape.curvature.decomposition import sharpness_decomposition
+    from landscape.curvature.decomposition import gradient_norm_floor, sharpness_decomposition
 
     ctx.report("sharpness split (tau)")
-    return sharpness_decomposition(ctx.H, ctx.G, ctx.gradient, ctx.problem.blocks())
+    problem = ctx.problem
+    floor = gradient_norm_floor(ctx.loss, problem.num_params, problem.dtype)
+    return sharpness_decomposition(ctx.H, ctx.G, ctx.gradient, problem.blocks(), min_grad_norm=floor)
 
 
 def compute(ctx: Context) -> Outcome:
-    """tau_logit, tau_func, tau_cross and ||H eps*|| of the whole model."""
+    """tau_logit, tau_func, tau_cross and ||H eps*|| of the whole model (``None`` with the reason
+    in ``tau_note`` where the gradient is below its rounding floor)."""
     whole = split(ctx)
     return Outcome(
         {
-            LOGIT: whole.tau_logit,
-            FUNC: whole.tau_func,
-            CROSS: whole.tau_cross,
-            SHARPNESS_GRADIENT_NORM: whole.sharpness_gradient_norm,
+            LOGIT: _finite(whole.tau_logit),
+            FUNC: _finite(whole.tau_func),
+            CROSS: _finite(whole.tau_cross),
+            SHARPNESS_GRADIENT_NORM: _finite(whole.sharpness_gradient_norm),
+            NOTE: whole.note,
         }
     )
 
 
 def _finite(x: float) -> float | None:
     return None if math.isnan(x) else x
+
+
+def _undefined(value: Any) -> str:
+    return "undefined"
+
+
+def _note(values: Any) -> str:
+    return str(values.get(NOTE) or "")
 
 
 def layer_values(layer: LayerSplit) -> dict[str, Any]:
@@ -87,13 +106,14 @@ METRIC = Metric(
     name="tau",
     description="tau_logit / tau_func / tau_cross of the sharpness gradient (Functional-SAM Eq. 9)",
     order=40,
-    keys=(LOGIT, FUNC, CROSS, SHARPNESS_GRADIENT_NORM),
+    keys=(LOGIT, FUNC, CROSS, SHARPNESS_GRADIENT_NORM, NOTE),
     compute=compute,
     needs=frozenset({GGN}),
     rows=(
         Row("tau_logit", LOGIT, note="share of the sharpness gradient through the logits"),
         Row("tau_func", FUNC, note="share through the function's Jacobian"),
         Row("tau_cross", CROSS, note=_cross_note),
+        Row("tau", NOTE, note=_note, text=_undefined),
     ),
     columns=(
         Column(LOGIT, "τ_logit", ".3f"),
@@ -108,7 +128,7 @@ METRIC = Metric(
         ),
     ),
     diagnostic=Diagnostic(
-        keys=(LOGIT, FUNC, CROSS),
+        keys=(LOGIT, FUNC, CROSS, NOTE),
         status=(Status(LOGIT, "tau_logit", 2), Status(FUNC, "tau_func", 2)),
     ),
     headlines=(Headline(LOGIT, "tau_logit", 3), Headline(FUNC), Headline(CROSS)),

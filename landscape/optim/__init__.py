@@ -22,7 +22,7 @@ The package, by idea:
 * :mod:`~landscape.optim.base`: the rule base classes ``GradientRule`` and ``PerturbationRule``;
   :mod:`~landscape.optim.step`: ``Step``, the one argument of a rule's hook;
   :mod:`~landscape.optim.closure`: how a closure reaches the rules that need the model outputs;
-* the rules: :mod:`~landscape.optim.sam`, :mod:`~landscape.optim.functional_sam`,
+* the rules: :mod:`~landscape.optim.sam`, :mod:`~landscape.optim.rwsam`, :mod:`~landscape.optim.functional_sam`,
   :mod:`~landscape.optim.flat_lora` (with the adapters of :mod:`~landscape.optim.lora`),
   :mod:`~landscape.optim.langevin`; the diagnostic :mod:`~landscape.optim.sharpness`;
   the wrapper :mod:`~landscape.optim.wrapper`;
@@ -47,7 +47,8 @@ if TYPE_CHECKING:
     from landscape.optim.lora import LoRAFactors, LoRALinear, add_lora, lora_layers, merge_lora
     from landscape.optim.options import Option
     from landscape.optim.rules import RULES, RuleSpec, make_base_optimizer, make_rule
-    from landscape.optim.sam import ASAM, MSAM, RWSAM, SAM, PlainGradient, PrecondSAM
+    from landscape.optim.rwsam import RWSAM
+    from landscape.optim.sam import ASAM, MSAM, SAM, PlainGradient, PrecondSAM
     from landscape.optim.sharpness import m_sharpness
     from landscape.optim.step import Step
     from landscape.optim.wrapper import SharpnessAwareOptimizer
@@ -59,7 +60,7 @@ _LAZY = {
     "FSGLD": "landscape.optim.langevin",
     "MSAM": "landscape.optim.sam",
     "RULES": "landscape.optim.rules",
-    "RWSAM": "landscape.optim.sam",
+    "RWSAM": "landscape.optim.rwsam",
     "SAM": "landscape.optim.sam",
     "SGLD": "landscape.optim.langevin",
     "AngleSAM": "landscape.optim.functional_sam",

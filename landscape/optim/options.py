@@ -45,6 +45,7 @@ __all__ = [
     "in_interval",
     "non_negative",
     "non_negative_int",
+    "option_flag",
     "positive",
     "positive_int",
     "positive_number",
@@ -62,7 +63,8 @@ class Option:
     """One method option, declared once.
 
     ``name`` is the ``RunConfig`` field and ``config.json`` key, and the flag ``--name-with-dashes``
-    of ``landscape train``; ``type`` its value type (``float``, ``int`` or ``str``); ``default``
+    of ``landscape train`` (:func:`option_flag`: a Python keyword's trailing underscore is dropped,
+    ``lambda_`` is ``--lambda``); ``type`` its value type (``float``, ``int`` or ``str``); ``default``
     the value written into ``config.json`` when it is not given (``None``: no value; the rule
     decides, e.g. fSGLD's sigma coupled to beta); ``help`` the flag's help text; ``keyword`` the
     constructor keyword when it differs from ``name``; ``check`` the validation; ``targets``
@@ -86,8 +88,8 @@ class Option:
 
     @property
     def flag(self) -> str:
-        """The command-line flag, ``--micro-batch`` for ``micro_batch``."""
-        return "--" + self.name.replace("_", "-")
+        """The command-line flag, ``--micro-batch`` for ``micro_batch`` (:func:`option_flag`)."""
+        return option_flag(self.name)
 
     @property
     def kwarg(self) -> str:
@@ -110,6 +112,15 @@ class Option:
     def same_declaration(self, other: Option) -> bool:
         """Whether ``other`` is this option up to its default and targets (one option, two uses)."""
         return dataclasses.replace(other, default=self.default, targets=self.targets) == self
+
+
+def option_flag(name: str) -> str:
+    """The command-line flag of a configuration field: ``--micro-batch`` for ``micro_batch``.
+
+    A trailing underscore, PEP 8's escape of a Python keyword in a field name, is dropped: the
+    field ``lambda_`` is the flag ``--lambda``.
+    """
+    return "--" + name.removesuffix("_").replace("_", "-")
 
 
 # ---------------------------------------------------------------------------------- checks
@@ -140,7 +151,7 @@ def non_negative(value: Any, flag: str) -> None:
 
 
 def positive(value: Any, flag: str) -> None:
-    """A number > 0; infinity allowed (SGLD's beta = inf is plain SGD, RW-SAM's T = inf is SAM)."""
+    """A number > 0; infinity allowed (SGLD's beta = inf is plain SGD)."""
     if not (_is_number(value) and value > 0):
         raise UserError(f"{flag} must be positive, got {value}")
 

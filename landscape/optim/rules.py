@@ -37,8 +37,8 @@ from landscape.optim.options import (
     Option,
     in_interval,
     non_negative,
-    positive,
     positive_int,
+    positive_number,
 )
 
 if TYPE_CHECKING:
@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 
     from landscape.optim.base import GradientRule
 
-__all__ = ["RULES", "RuleSpec", "make_base_optimizer", "make_rule", "run_options"]
+__all__ = ["RETIRED_OPTIONS", "RULES", "RuleSpec", "make_base_optimizer", "make_rule", "run_options"]
 
 SAM_PAPER = "Foret, Kleiner, Mobahi, Neyshabur 2021, ICLR, arXiv 2010.01412"
 FUNCTIONAL_SAM_PAPER = "Singh, Mobahi, Agarwala, Dauphin 2025, ICML, arXiv 2502.02407"
@@ -114,9 +114,28 @@ class RuleSpec:
 
 _SCHEDULE = ("rho_schedule",)  # every rho-based rule also takes a schedule callable t -> rho
 
-PHI = Option("phi", float, "angle between the two paths (0: func-sam, pi/2: logit-sam)", default=math.pi / 4)
+PHI = Option(
+    "phi",
+    float,
+    "angle between the two paths (0: func-sam, pi/2: logit-sam)",
+    default=math.pi / 4,
+    check=in_interval(-math.pi, math.pi, note="radians"),
+)
 MICRO_BATCH = Option("micro_batch", int, "micro-batch size m", default=32, keyword="m", check=positive_int)
-TEMPERATURE = Option("temperature", float, "Gibbs temperature T (inf: SAM)", default=1.0, check=positive)
+GIBBS_LAMBDA = Option(
+    "lambda_",
+    float,
+    "inverse temperature lambda of the Gibbs weights p_i ~ exp(lambda ||grad f_i||) (0: SAM)",
+    default=1.0,
+    check=non_negative,
+)
+FD_DELTA = Option(
+    "delta",
+    float,
+    "finite-difference step along the Rademacher direction z of the per-sample gradient norms",
+    default=1e-4,
+    check=positive_number,
+)
 EMA_NEW_WEIGHT = Option(
     "ema_new_weight",
     float,
@@ -248,15 +267,15 @@ RULES: dict[str, RuleSpec] = {
         ),
         RuleSpec(
             "rwsam",
-            "landscape.optim.sam:RWSAM",
+            "landscape.optim.rwsam:RWSAM",
             "RW-SAM",
             "#aa7744",
-            "reweighted SAM (our interpretation of the paper): Gibbs weights B softmax(s/T) on "
-            "per-sample finite-difference sharpness, gradient of the reweighted loss at the SAM point",
-            "2F+2B",
+            "RW-SAM: grad L(theta + rho g_p/||g_p||), g_p = sum_i p_i grad f_i, "
+            "p = softmax(lambda |f_i(theta + delta z) - f_i(theta)| / delta), z Rademacher",
+            "3F+2B (one F without graph)",
             "adamw",
-            M_SHARPNESS_PAPER,
-            options=(RHO, TEMPERATURE, RHO_WARMUP),
+            f"{M_SHARPNESS_PAPER}, Reweighted SAM",
+            options=(RHO, GIBBS_LAMBDA, FD_DELTA, RHO_WARMUP),
             python_keywords=_SCHEDULE,
         ),
         RuleSpec(
@@ -321,6 +340,13 @@ RULES: dict[str, RuleSpec] = {
 }
 """Every gradient rule by its method name (the CLI's ``--method``)."""
 
+RETIRED_OPTIONS: dict[str, str] = {
+    "temperature": "the Gibbs temperature of the former RW-SAM interpretation, replaced by the "
+    "published algorithm (--lambda, --delta)",
+}
+"""Options that no rule takes any more, by the ``config.json`` key they had: an old configuration
+that leaves one unset (``null``) still loads; one that sets it names what became of it."""
+
 
 def run_options(rules: Iterable[RuleSpec] | None = None) -> list[Option]:
     """Every option some rule takes, once, in the order of first appearance over ``RULES``.
@@ -343,7 +369,7 @@ def run_options(rules: Iterable[RuleSpec] | None = None) -> list[Option]:
 def make_rule(name: str, **options: Any) -> GradientRule:
     """Build the rule registered as ``name`` (a CLI method name) with ``options``.
 
-    ``options`` are constructor keywords (``rho``, ``rho_warmup``, ``phi``, ``m``, ``temperature``,
+    ``options`` are constructor keywords (``rho``, ``rho_warmup``, ``phi``, ``m``, ``lambda_``, ``delta``,
     ``sigma``, ``beta``, ``eta``, ``normalization``, ``seed``, ``rho_schedule``, ...); those whose
     value is ``None`` are dropped, so a caller may pass all it has. An option the rule does not
     take raises ``TypeError`` naming the ones it does. Omitted options take the constructor's

@@ -1,4 +1,7 @@
-"""Plain gradients and the parameter-space SAM family: SAM, ASAM, precond-SAM, m-SAM, RWSAM.
+"""Plain gradients and the parameter-space SAM family: SAM, ASAM, precond-SAM, m-SAM.
+
+RW-SAM, which perturbs along per-sample gradients weighted by their norms, is in
+:mod:`landscape.optim.rwsam`.
 
 Every rule here evaluates ``grad L`` at one or more parameter points and leaves the update to the
 base optimizer (weight decay therefore acts at the restored theta, as in davda54/sam).
@@ -6,13 +9,11 @@ base optimizer (weight decay therefore acts at the restored theta, as in davda54
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from landscape import distributed as _dist
 from landscape.losses import Loss, batch_size
 from landscape.optim.base import GradientRule, PerturbationRule, RhoSchedule
 from landscape.optim.step import Step, slice_batch
@@ -182,78 +183,3 @@ class MSAM(PerturbationRule):
                 )
         write_grads(params, accumulated)
         return value
-
-
-class RWSAM(PerturbationRule):
-    """Reweighted SAM, *our documented interpretation* (the published algorithm was not readable).
-
-    Luo, Harandi, Phung, Le ("Unveiling m-Sharpness Through the Structure of Stochastic Gradient
-    Noise", 2025, arXiv 2509.18001) describe RW-SAM as sharpness-weighted sampling with Gibbs
-    weights from a finite-difference sharpness estimate, mimicking small-m m-SAM while the batch
-    stays parallel. Implemented here (our interpretation, not the paper's equations):
-
-    - per-sample sharpness ``s_i = l_i(theta + rho eps*) - l_i(theta)`` from the two forward passes
-      SAM already makes (eps* from the full-batch g);
-    - Gibbs weights ``w_i = B softmax(s / T)_i`` (T -> infinity gives w = 1, i.e. SAM);
-    - gradient of ``(1/B) sum_i w_i l_i`` at ``theta + rho eps*`` (built-in losses weight every
-      element of sample i by w_i inside the same mean, so w = 1 is exactly SAM's loss).
-
-    Samples without counted targets get weight 0 and B counts the others. Defaults rho = 0.05,
-    temperature T = 1.0 (ours; no published value). Cost as SAM. The last weights are kept in
-    ``last_sample_weights`` for inspection.
-    """
-
-    name = "rwsam"
-    cost = "2F+2B"
-    needs_targets = True
-
-    def __init__(
-        self,
-        rho: float = 0.05,
-        *,
-        temperature: float = 1.0,
-        rho_warmup: int = 0,
-        rho_schedule: RhoSchedule | None = None,
-        seed: int = 0,
-    ) -> None:
-        super().__init__(rho, rho_warmup=rho_warmup, rho_schedule=rho_schedule, seed=seed)
-        if not temperature > 0:
-            raise ValueError(f"temperature must be positive, got {temperature}")
-        self.temperature = float(temperature)
-        self.last_sample_weights: Tensor | None = None
-
-    def sample_weights(self, sharpness: Tensor, counted: Tensor) -> Tensor:
-        """``w = B softmax(s / T)`` over the samples with targets (0 for the others).
-
-        Data-parallel, B and the softmax run over the global batch: the maximum and the
-        normaliser are all-reduced, so each process weights its own samples as one process
-        holding the whole batch would."""
-        if math.isinf(self.temperature):
-            return counted.to(sharpness.dtype)
-        logits = torch.where(counted, sharpness / self.temperature, torch.full_like(sharpness, -math.inf))
-        if not self.parallel.active:
-            return counted.sum().to(sharpness.dtype) * torch.softmax(logits, dim=0)
-        peak = _dist.all_reduce_max_(logits.max().detach().reshape(1).double())
-        exps = torch.exp(logits.double() - peak)
-        totals = _dist.all_reduce_sum_(torch.stack([exps.sum(), counted.sum().double()]))
-        return (totals[1] * exps / totals[0]).to(sharpness.dtype)
-
-    def _compute(self, step: Step) -> Tensor:
-        params, loss, targets = step.params, step.loss, step.targets
-        rng = step.rng_state()
-        with torch.enable_grad():
-            clean = loss.terms(step.outputs(), targets)
-            value = clean.mean()
-            grads = list(torch.autograd.grad(value, params, allow_unused=True))
-        clean_losses = clean.per_sample()
-        del clean
-        eps = self.perturbation(step.named, grads, self.current_rho(), step.optimizer)
-        del grads
-        with step.perturbed(eps, rng), torch.enable_grad():
-            perturbed = loss.terms(step.outputs(), targets)
-            sharpness = perturbed.per_sample() - clean_losses
-            weights = self.sample_weights(sharpness, loss.sample_has_targets(targets))
-            perturbed_grads = torch.autograd.grad(perturbed.weighted(weights), params, allow_unused=True)
-        self.last_sample_weights = weights
-        write_grads(params, perturbed_grads)
-        return value.detach()

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from landscape import runs as run_files
+from landscape.bounds import SEED, SLICE_DISTANCE, SLICE_GRID, SLICE_STEPS
 from landscape.errors import UserError
 from landscape.report.compose import compose_report
 from landscape.report.document import write_report
@@ -125,6 +126,7 @@ def build_report(
 
     stamp = time.perf_counter()
     report("drawing figures")
+    notes = [*notes, *undefined_tau_notes([*runs, *sweep_only])]
     composed = compose_report(runs, sweep_only, groups, measured, settings, title=title, notes=notes)
     seconds["figures"] = time.perf_counter() - stamp
 
@@ -134,6 +136,27 @@ def build_report(
     seconds["write"] = time.perf_counter() - stamp
     seconds["total"] = time.perf_counter() - started
     return ReportResult(out, files, composed.summary, seconds)
+
+
+def undefined_tau_notes(runs: Sequence[RunData]) -> list[str]:
+    """One provenance line per run whose tau split was undefined (shown as "-"): at the final
+    weights and in how many diagnostics, with the reason the analysis gave."""
+    from landscape.metrics import tau
+
+    lines = []
+    for run in runs:
+        reasons: list[str] = []
+        if run.analysis is not None and run.analysis.get(tau.NOTE):
+            reasons.append(f"at the final weights ({run.analysis[tau.NOTE]})")
+        column = run.metrics.get(tau.NOTE) if tau.NOTE in run.metrics else None
+        if column is not None:
+            undefined = column.dropna()
+            undefined = undefined[undefined.astype(bool)]
+            if len(undefined):
+                reasons.append(f"in {len(undefined)} diagnostic(s) (last: {undefined.iloc[-1]})")
+        if reasons:
+            lines.append(f"{run.label}: the τ split is undefined " + " and ".join(reasons) + ".")
+    return lines
 
 
 def _settings(
@@ -148,6 +171,12 @@ def _settings(
     trust: bool,
 ) -> MeasureSettings:
     """The measurement settings, checked (one-line ``UserError`` for a bad budget or sparsity)."""
+    grid = slice_settings or SliceSettings()
+    SEED.check(seed, "seed")
+    SLICE_STEPS.check(grid.line_steps, "line_steps")
+    SLICE_GRID.check(grid.plane_steps, "plane_steps")
+    SLICE_STEPS.check(grid.path_steps, "path_steps")
+    SLICE_DISTANCE.check(grid.distance, "distance")
     if train_targets < 1 or prune_targets < 1:
         raise UserError(f"target budgets must be positive, got {train_targets} and {prune_targets}")
     levels = sorted({0.0, *(float(s) for s in sparsities)})
@@ -158,7 +187,7 @@ def _settings(
         slices=slices,
         pruning=pruning,
         sparsities=tuple(levels),
-        slice_settings=slice_settings or SliceSettings(),
+        slice_settings=grid,
         train_targets=train_targets,
         prune_targets=prune_targets,
         dtype=dtype,

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from landscape.bounds import JobSize
 from landscape.data import Dataset
 from landscape.evaluation import EvalResult, evaluate, target_subset
 from landscape.prune import PruneResult, prune_eval
@@ -121,6 +122,7 @@ def measure_runs(
         out.train_evals[run.label] = evaluate(item.model, item.train, item.loss)
     lap("train evaluation")
     if settings.slices:
+        report(_slices_size(groups, settings.slice_settings))
         out.surfaces, out.paths = _slices(groups, loaded, settings, report)
     lap("slices")
     if settings.pruning:
@@ -168,6 +170,29 @@ def _params(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def _same_shapes(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     return a.keys() == b.keys() and all(a[k].shape == b[k].shape for k in a)
+
+
+def _slices_size(groups: Mapping[str, list[RunData]], grid: SliceSettings) -> JobSize:
+    """The size of the slices, stated before they start: every run's line and plane, and a path
+    from each group's baseline to each of its other runs (at most)."""
+    from landscape.surface import slice_points
+
+    runs = sum(len(members) for members in groups.values())
+    paths = sum(len(members) - 1 for members in groups.values())
+    each = slice_points(
+        line=True,
+        plane=True,
+        path=False,
+        line_steps=grid.line_steps,
+        plane_steps=grid.plane_steps,
+        path_steps=grid.path_steps,
+    )
+    total = runs * each + paths * (grid.path_steps + 1)
+    return JobSize(
+        f"slices: {runs} run(s) x (line {grid.line_steps} + plane {grid.plane_steps}x{grid.plane_steps} "
+        f"+ centre 1) + up to {paths} path(s) x {grid.path_steps + 1} = {total} loss evaluations, each on "
+        f"up to {grid.targets} training targets"
+    )
 
 
 def _slices(

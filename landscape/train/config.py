@@ -32,11 +32,12 @@ from typing import Any
 import torch
 
 from landscape.adapters import LORA_METHODS, add_run_adapters
+from landscape.bounds import SAMPLES, SEED, SEQ_LEN, TRAIN_STEPS
 from landscape.data import Dataset, load_data, train_eval_split
 from landscape.dtypes import DTYPES
 from landscape.errors import UserError
-from landscape.optim.options import Option, non_negative_int, positive_int
-from landscape.optim.rules import RULES, run_options
+from landscape.optim.options import Option, non_negative_int, option_flag, positive_int
+from landscape.optim.rules import RETIRED_OPTIONS, RULES, run_options
 from landscape.runs.layout import CONFIG_VERSION
 
 __all__ = [
@@ -156,7 +157,8 @@ class RunConfig:
     ``seed``, ``shuffle``.
 
     Method options: one field per option of the rule specs (:data:`METHOD_OPTIONS`: ``rho``,
-    ``rho_warmup``, ``phi``, ``micro_batch`` (m-SAM's m), ``temperature`` (RW-SAM), ``sigma``,
+    ``rho_warmup``, ``phi``, ``micro_batch`` (m-SAM's m), ``lambda_`` and ``delta`` (RW-SAM; the
+    flags ``--lambda``, ``--delta``), ``sigma``,
     ``beta``, ``eta``, ``ema_new_weight``, ``lora_normalization``, ...), inserted after
     ``weight_decay`` from the specs; their types, defaults, help and validation are the specs'
     (:mod:`landscape.optim.options`). The adapter options (LoRA methods only, see
@@ -211,12 +213,20 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, payload: dict[str, Any], where: str = "config") -> RunConfig:
-        """Rebuild a config from :meth:`to_dict`'s output; unknown keys raise ``UserError``."""
+        """Rebuild a config from :meth:`to_dict`'s output; unknown keys raise ``UserError``.
+
+        A retired option (:data:`landscape.optim.rules.RETIRED_OPTIONS`) left unset by an older
+        ``config.json`` is dropped; one that is set raises ``UserError`` naming what replaced it."""
         if not isinstance(payload, dict):
             raise UserError(f"{where} is not a JSON object")
         # what made the run (config.json since provenance was recorded): not part of the config
         payload = {k: v for k, v in payload.items() if k != PROVENANCE_KEY}
         known = {f.name for f in dataclasses.fields(cls)}
+        retired = [key for key in payload if key in RETIRED_OPTIONS and key not in known]
+        for key in retired:
+            if payload[key] is not None:
+                raise UserError(f"{where} sets {key} = {payload[key]!r}, {RETIRED_OPTIONS[key]}")
+        payload = {key: value for key, value in payload.items() if key not in retired}
         unknown = sorted(set(payload) - known)
         if unknown:
             raise UserError(f"{where} has unknown key(s) {', '.join(unknown)}")
@@ -278,6 +288,10 @@ class RunConfig:
         ):
             if value is not None:
                 _positive_int(value, what)
+                SAMPLES.check(value, f"--{what}")
+        TRAIN_STEPS.check(self.steps, "--steps")
+        SEQ_LEN.check(self.seq_len, "--seq-len")
+        SEED.check(self.seed, "--seed")
         if self.diagnose_trace_samples < 2:
             raise UserError(f"diagnose trace samples must be at least 2, got {self.diagnose_trace_samples}")
         for value, what in (
@@ -333,7 +347,7 @@ class RunConfig:
         self.validate()
         unused = self.unused_options()
         if unused and strict:
-            flags = ", ".join("--" + o.replace("_", "-") for o in unused)
+            flags = ", ".join(option_flag(o) for o in unused)
             raise UserError(f"method {self.method} does not take {flags}")
         out = dataclasses.replace(self, model_kwargs=dict(self.model_kwargs))
         for option in unused:
@@ -505,7 +519,7 @@ def expand_suite(
             for c in candidates
         ]
         if value is not None and not any(used):
-            flag = "--" + option.replace("_", "-")
+            flag = option_flag(option)
             raise UserError(
                 f"{flag} is not used by {'method' if len(methods) == 1 else 'any of'} {', '.join(methods)}"
             )

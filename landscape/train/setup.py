@@ -1,8 +1,8 @@
 """Building a run from its resolved configuration: data, model, rule, optimizer, batch order.
 
-The model is built after ``torch.manual_seed(seed)``, ``init``'s weights are loaded, and then the
-adapters of a LoRA method are added (:func:`landscape.adapters.add_run_adapters`); only they
-train. A resumed run rebuilds the same objects and loads its checkpoint's state into them
+The model is built after ``torch.manual_seed(seed)`` in the run's dtype, ``init``'s weights are
+loaded into it, and then the adapters of a LoRA method are added
+(:func:`landscape.adapters.add_run_adapters`); only they train. A resumed run rebuilds the same objects and loads its checkpoint's state into them
 (:func:`restore`).
 """
 
@@ -58,18 +58,20 @@ def _targets_per_item(data: Dataset) -> int:
 
 
 def _build_model(config: RunConfig) -> nn.Module:
-    """The run's model: built after ``torch.manual_seed(seed)``, ``init``'s weights loaded, then the
-    adapters of a LoRA method added (on the loaded weights, which they leave unchanged at the start
-    since B = 0), then cast to the run's dtype. A resumed run rebuilds the same model before its
-    checkpoint's state (adapters included) is loaded into it."""
+    """The run's model: built after ``torch.manual_seed(seed)`` and cast to the run's dtype, then
+    ``init``'s weights loaded (in that dtype: a float64 checkpoint comes back bit for bit; a
+    LoRA ``init`` is merged in it), then the adapters of a LoRA method added (on the loaded
+    weights, which they leave unchanged at the start since B = 0; A is drawn in the run's dtype).
+    A resumed run rebuilds the same model before its checkpoint's state (adapters included) is
+    loaded into it."""
     assert config.model is not None, "resolve the config first"
     torch.manual_seed(config.seed)
-    model = build_model(config.model, **config.model_kwargs)
+    model = build_model(config.model, **config.model_kwargs).to(config.torch_dtype())
     if config.init is not None:
         _load_init(model, config.init)
     if config.uses_lora:
         add_run_adapters(model, config)
-    return model.to(config.torch_dtype())
+    return model
 
 
 def _load_init(model: nn.Module, path: str) -> None:
