@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from landscape.data import Dataset
+from landscape.data import Dataset, take_inputs
 from landscape.losses import LossLike, as_loss
 from landscape.models import unwrap_output
 from landscape.preserve import eval_mode
@@ -51,7 +51,7 @@ def evaluate(model: nn.Module, data: Dataset, loss: LossLike) -> EvalResult:
         per_item = max(1, int(data.y[:1].numel()))
         chunk = max(1, EVAL_CHUNK_TARGETS // per_item)
         for start in range(0, len(data), chunk):
-            x, y = data.x[start : start + chunk], data.y[start : start + chunk]
+            x, y = take_inputs(data.x, slice(start, start + chunk)), data.y[start : start + chunk]
             out = model(**x) if isinstance(x, Mapping) else model(x)
             sums = loss_object.evaluate(unwrap_output(out), y)
             loss_sum += sums.loss_sum

@@ -60,13 +60,15 @@ FLOORS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ),
     ("run folders", ("landscape.runs", "landscape.resolve")),
     ("workflows", ("landscape.train", "landscape.report", "landscape.surface")),
+    # a user's own training loop: measures through train's diagnostics, writes run folders through runs
+    ("integrations", ("landscape.integrations",)),
     ("demo", ("landscape.demo",)),
     ("command line", ("cli",)),
 )
 """Floors from the bottom up; each unit is a module or a package (with everything in it)."""
 
-SEPARATE = (("landscape.train", "landscape.report"),)
-"""Units of one floor that must not import each other in either direction."""
+SEPARATE = (("landscape.train", "landscape.report"), ("landscape.integrations", "landscape.report"))
+"""Units that must not import each other in either direction (they meet only in the run folders)."""
 
 
 # ----------------------------------------------------------------------------------------------

@@ -250,9 +250,10 @@ def _merge_budgets(chosen: Sequence[Metric]) -> dict[str, Any]:
     return budget
 
 
-def diagnostic_budget() -> dict[str, Any]:
-    """The ``analyze`` options of a training diagnostic: the diagnostic metrics' budgets, merged."""
-    return _merge_budgets(diagnostic_metrics())
+def diagnostic_budget(chosen: Sequence[Metric] | None = None) -> dict[str, Any]:
+    """The ``analyze`` options of a training diagnostic: the budgets of the ``chosen`` diagnostic
+    metrics (default: every one), merged."""
+    return _merge_budgets(diagnostic_metrics() if chosen is None else chosen)
 
 
 def status_items() -> tuple[Status, ...]:

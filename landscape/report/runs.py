@@ -107,13 +107,16 @@ class RunData:
 
 
 def run_domain(config: dict[str, Any]) -> str:
-    """``language`` for a language model (the built-in transformer or text data), else ``vision``.
+    """``language`` for a language model (the built-in transformer, text data, or a run whose config
+    says ``task: language_model``), else ``vision``.
 
     The Functional-SAM contrast is between language modelling and classification; a classifier
     of the built-in digits is the vision side.
     """
     model = str(config.get("model") or "")
     data = str(config.get("data") or "")
+    if config.get("task") == "language_model":
+        return "language"
     try:
         from landscape.models import model_info
 
@@ -174,7 +177,9 @@ def load_run(run_dir: Path, group: str | None = None) -> RunData:
 
 
 def _loose_group(config: dict[str, Any]) -> str:
-    return f"{config.get('model') or 'model'} on {config.get('data') or 'data'}"
+    """A run's own ``group`` (runs of a user's training loop: model class and probe batch), else
+    its model and data."""
+    return str(config.get("group") or f"{config.get('model') or 'model'} on {config.get('data') or 'data'}")
 
 
 def load_runs(paths: list[Path] | tuple[Path, ...]) -> list[RunData]:

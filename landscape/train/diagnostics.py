@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -44,12 +45,16 @@ from torch import nn
 from landscape import metrics
 from landscape.analysis import analyze
 from landscape.data import IGNORE_INDEX, Dataset
+from landscape.errors import UserError
 from landscape.evaluation import evaluate
+from landscape.losses import LossLike
 from landscape.optim import EFMLoRA, FMLoRA, GradientRule, LoRAGradient
+from landscape.preserve import preserved
 
 __all__ = [
     "DIAGNOSTIC_KEYS",
     "LORA_DIAGNOSTIC_KEYS",
+    "check_diagnostic_metrics",
     "diagnose",
     "is_diagnostic",
     "lora_diagnostics",
@@ -114,45 +119,61 @@ def is_diagnostic(record: dict[str, Any]) -> bool:
 def diagnose(
     model: nn.Module,
     subset: Dataset,
-    eval_data: Dataset,
-    loss: str,
+    eval_data: Dataset | None,
+    loss: LossLike,
     *,
     max_iter: int | None = None,
     trace_samples: int | None = None,
     seed: int = 0,
     rule: GradientRule | None = None,
+    chosen: str | Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """One diagnostic record (keys ``DIAGNOSTIC_KEYS`` and ``diag_time_s``), see the module docstring.
 
-    The curvature comes from the registry's diagnostic metrics with their budgets;
+    The curvature comes from the registry's diagnostic metrics with their budgets (``chosen``:
+    the names of some of them instead of all, :func:`check_diagnostic_metrics`);
     ``max_iter`` and ``trace_samples`` (when given) replace the budgets' Lanczos steps and trace
-    products. ``rule``: the run's gradient rule; a LoRA rule adds :func:`lora_diagnostics`. Leaves
-    the model as it was: weights, train/eval mode and the global torch RNG state (so that training
-    with and without diagnostics follows the same trajectory).
+    products. ``eval_data=None`` leaves out ``eval_loss`` and ``eval_accuracy``. ``rule``: the
+    run's gradient rule; a LoRA rule adds :func:`lora_diagnostics`. Leaves the model as it was:
+    weights, every module's train/eval mode, ``requires_grad`` flags, gradients and the global
+    RNG state (so that training with and without diagnostics follows the same trajectory).
     """
     started = time.perf_counter()
-    was_training = model.training
-    chosen = [m.name for m in metrics.diagnostic_metrics()]
-    budget = metrics.diagnostic_budget()
+    selected = check_diagnostic_metrics(chosen)
+    budget = metrics.diagnostic_budget(selected)
     budget |= {k: v for k, v in (("max_iter", max_iter), ("trace_samples", trace_samples)) if v is not None}
-    with torch.random.fork_rng(devices=[]):
-        try:
-            result = analyze(model, subset, loss, chosen, **budget, seed=seed)
-            evaluation = evaluate(model, eval_data, loss)
-            adapters = lora_diagnostics(rule, model, subset, loss) if rule is not None else {}
-        finally:
-            model.train(was_training)  # Problem switches the model to eval mode
+    with preserved(model):  # modes, flags and the global RNG (Problem works on copies of the weights)
+        result = analyze(model, subset, loss, [m.name for m in selected], **budget, seed=seed)
+        evaluation = evaluate(model, eval_data, loss) if eval_data is not None else None
+        adapters = lora_diagnostics(rule, model, subset, loss) if rule is not None else {}
+    keys = [key for metric in selected if metric.diagnostic for key in metric.diagnostic.keys]
     record: dict[str, Any] = {
         "diag_loss": result.loss,
         "grad_norm": result.grad_norm,
-        **{key: getattr(result, key) for key in metrics.diagnostic_keys()},
+        **{key: getattr(result, key) for key in dict.fromkeys(keys)},
         "weight_norm": weight_norm(model),
-        "eval_loss": evaluation.loss,
-        "eval_accuracy": evaluation.accuracy,
-        **adapters,
-        "diag_time_s": time.perf_counter() - started,
     }
+    if evaluation is not None:
+        record |= {"eval_loss": evaluation.loss, "eval_accuracy": evaluation.accuracy}
+    record |= {**adapters, "diag_time_s": time.perf_counter() - started}
     return record
+
+
+def check_diagnostic_metrics(chosen: str | Sequence[str] | None) -> tuple[metrics.Metric, ...]:
+    """The diagnostic metrics named in ``chosen`` (comma-separated or a list; registry order), or all
+    of them for ``None``; a name that is no diagnostic metric is a one-line ``UserError`` listing
+    those there are."""
+    available = metrics.diagnostic_metrics()
+    if chosen is None:
+        return available
+    items = [m.strip() for m in (chosen.split(",") if isinstance(chosen, str) else chosen) if m.strip()]
+    unknown = [name for name in items if name not in {m.name for m in available}]
+    if unknown or not items:
+        listed = ", ".join(m.name for m in available)
+        raise UserError(
+            f"not a training diagnostic: {', '.join(unknown) or 'nothing chosen'} (choose among {listed})"
+        )
+    return tuple(m for m in available if m.name in items)
 
 
 def lora_diagnostics(rule: GradientRule, model: nn.Module, subset: Dataset, loss: str) -> dict[str, float]:
