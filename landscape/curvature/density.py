@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from landscape.curvature.eigen import (
+    _CHUNK_NUMBERS,
     LanczosTridiagonal,
     basis_dtype,
     lanczos_short_recurrence,
@@ -160,13 +161,15 @@ def slq_memory(n: int, num_probes: int, num_steps: int, itemsize: int, mode: str
     """Bytes of vectors SLQ holds in ``mode`` (the operator's own memory excluded).
 
     lockstep: ``p`` bases of ``m`` vectors in the operator's dtype plus ``3 p`` float64 working
-    vectors; sequential: one basis and 3 working vectors; recurrence: 4 float64 vectors.
+    vectors; sequential: one basis and 3 working vectors (each with a float64 copy of one chunk of
+    the basis, at most 64 MiB); recurrence: 4 float64 vectors.
     """
     m = min(num_steps, n)
+    chunk = 8 * min(m * n, _CHUNK_NUMBERS)  # a chunk of a basis in float64, for the dot products
     if mode == "lockstep":
-        return num_probes * m * n * itemsize + 3 * num_probes * 8 * n
+        return num_probes * m * n * itemsize + 3 * num_probes * 8 * n + chunk
     if mode == "sequential":
-        return m * n * itemsize + 3 * 8 * n
+        return m * n * itemsize + 3 * 8 * n + chunk
     return 4 * 8 * n
 
 

@@ -848,7 +848,7 @@ def basis_capacity(
     else as many as fit, not fewer than ``smallest``.
 
     A vector costs ``n`` numbers of the storage dtype; two float64 working vectors and the
-    chunked float64 temporaries are set aside first. ``memory_budget=None``: the
+    chunked float64 temporaries (at most 2^23 numbers: 64 MiB) are set aside first. ``memory_budget=None``: the
     :func:`~landscape.curvature.memory.default_budget` of the storage device. Raises
     :class:`UserError` (one line: what is needed, the budget) when even ``smallest`` does not fit.
     """
@@ -857,7 +857,7 @@ def basis_capacity(
     storage = _storage_device(op, basis_device)
     budget = default_budget(storage) if memory_budget is None else int(memory_budget)
     per_vector = op.n * torch.empty((), dtype=basis_dtype(op)).element_size()
-    working = 2 * 8 * op.n + 8 * _CHUNK_NUMBERS
+    working = 2 * 8 * op.n + 8 * min(2 * steps * op.n, _CHUNK_NUMBERS)
     fits = max(0, (budget - working) // per_vector)
     if fits >= steps:
         return steps

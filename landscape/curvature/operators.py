@@ -242,6 +242,7 @@ class HessianOperator(_CurvatureOperator):
         """
         if self.method not in ("reuse", "double-backward"):
             return None
+        V = V.to(device=self.device, dtype=self.dtype)
         start, stop, _ = block.indices(self.n)
         offsets = self.problem.offsets
         if start >= stop or start not in offsets or stop not in offsets:
