@@ -7,7 +7,6 @@ from dataclasses import replace
 import pytest
 import torch
 
-from helpers import tiny_case
 from landscape.curvature.density import slq
 from landscape.curvature.eigen import lanczos
 from landscape.curvature.memory import (
