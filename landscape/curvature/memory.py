@@ -350,6 +350,13 @@ class _SavedBytes:
         self._ctx.__exit__(*exc)
 
 
+def shared_storages(problem: Problem) -> set[int]:
+    """Data pointers of the problem's parameters and buffers: graphs save them without copying."""
+    out = {p.untyped_storage().data_ptr() for p in problem.params.values()}
+    out |= {t.untyped_storage().data_ptr() for t in problem.fixed.values()}
+    return out
+
+
 def _probe_graphs(problem: Problem, samples: int) -> tuple[int, int, int, int]:
     """Saved bytes of the forward, gradient and linearised graphs of the first ``samples`` samples,
     and the output bytes (the leaves share the problem's parameters, so they count as fixed)."""
@@ -360,8 +367,7 @@ def _probe_graphs(problem: Problem, samples: int) -> tuple[int, int, int, int]:
     targets = batch.targets[:samples]
     names = problem.param_names
     leaves = {n: p.detach().requires_grad_(True) for n, p in problem.params.items()}
-    shared = {p.untyped_storage().data_ptr() for p in problem.params.values()}
-    shared |= {t.untyped_storage().data_ptr() for t in problem.fixed.values()}
+    shared = shared_storages(problem)
     probe = _SavedBytes(shared)
     with probe:
         z = problem.outputs(leaves, inputs)

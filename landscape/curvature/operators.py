@@ -20,10 +20,12 @@ retained gradient graph differentiates its forward and backward halves, about 6F
 gradient; forward-over-reverse recomputes the gradient with tangents (primal 3F + tangent 6F =
 3x); double-backward rebuilds the graph (3F) and differentiates it (6F) = 3x, with more
 overhead. Measured on a GPT-2 body of 85M parameters, 8 x 64 tokens, 2 CPU threads: 1.9x,
-3.2x and 4.7x one gradient; on the built-in models the same order. ``"auto"`` therefore picks
-reuse when its graphs fit the budget, else forward-over-reverse when forward-mode AD works on
-the model (probed on one sample), else double-backward. Never ``torch.func.hessian``/jacrev-
-of-jacrev: in torch 2.13 it is wrong across LayerNorm.
+3.2x and 4.7x one gradient. ``"auto"`` therefore picks reuse when its graphs fit the budget;
+otherwise, when forward-mode AD works on the model (probed on one sample), it times one product
+of each streaming route on the first chunk and keeps the faster (on small models the
+per-operation overhead of ``torch.func`` can make double-backward the faster one), else
+double-backward. Never ``torch.func.hessian``/jacrev-of-jacrev: in torch 2.13 it is wrong
+across LayerNorm.
 
 GGN-vector products (Schraudolph 2002; Functional-SAM Eq. 8): G v = (1/N) sum_i J_i^T H_out,i J_i v,
 with the output Hessian analytic for cross-entropy (diag(p) - p p^T) and mse (2 I); J is never
@@ -39,6 +41,7 @@ All products run on the problem's device; its data moves there one chunk at a ti
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import torch
@@ -46,7 +49,7 @@ import torch.autograd.forward_ad as forward_ad
 from torch import Tensor
 
 from landscape.curvature.linear_operator import LinearOperator, SumOperator
-from landscape.curvature.memory import _SavedBytes, default_budget
+from landscape.curvature.memory import _SavedBytes, default_budget, shared_storages
 from landscape.errors import UserError
 from landscape.problem import Batch, Problem, loss_sum, output_hessian_product
 
@@ -111,6 +114,7 @@ class HessianOperator(_CurvatureOperator):
         # Model outputs of the retained graphs (reuse route): a GGN operator built with
         # ``GGNOperator(problem, hessian=H)`` linearises the model on them without a new forward.
         self._outputs: list[Tensor] | None = None
+        self.route_seconds: dict[str, float] = {}
         budget = default_memory_budget(problem.device) if memory_budget is None else memory_budget
         if method == "auto":
             method = self._choose_method(budget)
@@ -119,17 +123,40 @@ class HessianOperator(_CurvatureOperator):
         self.method = method
 
     def _choose_method(self, budget: int) -> str:
-        probe = _SavedBytes()
+        probe = _SavedBytes(shared_storages(self.problem))
         with probe:
             leaves, grads, outputs = self._gradient_graph(self.problem.batches[0])
-        # all batches' graphs, plus one product's transient (about one graph again)
-        estimate = probe.bytes * (len(self.problem.batches) + 1)
-        if estimate <= budget:
+        # every batch's graph with its outputs and gradient, plus one product's transient (about
+        # one graph again): the memory model of landscape.curvature.memory
+        per_batch = probe.bytes + outputs.numel() * outputs.element_size() + self.n * outputs.element_size()
+        if per_batch * len(self.problem.batches) + probe.bytes <= budget:
             self._graphs, self._outputs = [(leaves, grads)], [outputs]
             self._build_graphs()
             return "reuse"
         del leaves, grads, outputs
-        return "forward-over-reverse" if self._forward_mode_works() else "double-backward"
+        if not self._forward_mode_works():
+            return "double-backward"
+        return self._fastest_streaming_route()
+
+    def _fastest_streaming_route(self) -> str:
+        """Time one single-vector product of each streaming route on the first chunk and keep the
+        faster: forward-over-reverse wins on large models (measured 3.2x against 4.7x a gradient
+        on an 85M GPT-2 body), double-backward can win on small ones, where the per-operation
+        overhead of ``torch.func`` dominates. The timings are kept in ``route_seconds``."""
+        first = self.problem.batches[:1]
+        v = torch.zeros(self.n, 1, dtype=self.dtype, device=self.device)
+        timings = {}
+        for route, run in (
+            ("forward-over-reverse", lambda: self._block_forward_over_reverse(v, first)),
+            ("double-backward", lambda: self._block_double_backward(v, first)),
+        ):
+            _synchronize(self.device)
+            start = time.perf_counter()
+            run()
+            _synchronize(self.device)
+            timings[route] = time.perf_counter() - start
+        self.route_seconds = timings
+        return min(timings, key=timings.__getitem__)
 
     def _gradient_graph(self, batch: Batch) -> tuple[dict[str, Tensor], tuple[Tensor, ...], Tensor]:
         """Leaves, the batch's summed-loss gradient WITH its graph, and the model outputs."""
@@ -202,9 +229,9 @@ class HessianOperator(_CurvatureOperator):
             total += self._grad_of_grad(leaves, grads, V, retain=True)
         return total
 
-    def _block_double_backward(self, V: Tensor) -> Tensor:
+    def _block_double_backward(self, V: Tensor, batches: list[Batch] | None = None) -> Tensor:
         total = torch.zeros_like(V)
-        for batch in self.problem.batches:
+        for batch in self.problem.batches if batches is None else batches:
             leaves, grads, _ = self._gradient_graph(batch)
             total += self._grad_of_grad(leaves, grads, V, retain=False)
         return total
@@ -327,7 +354,7 @@ class GGNOperator(_CurvatureOperator):
             ]
             method = "reuse"
         elif method == "auto":
-            probe = _SavedBytes()
+            probe = _SavedBytes(shared_storages(problem))
             with probe:
                 graph = self._linearisation(problem.batches[0])
             if probe.bytes * (len(problem.batches) + 1) <= budget:
@@ -467,6 +494,11 @@ def functional_hessian_operator(
     H = hessian if hessian is not None else HessianOperator(problem)
     G = ggn if ggn is not None else GGNOperator(problem)
     return SumOperator([(1.0, H), (-1.0, G)])
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _head(inputs: Any, k: int) -> Any:
