@@ -446,6 +446,7 @@ def run_shape(shape: str, args: argparse.Namespace, log: Path) -> dict[str, Any]
         "--seed",
         str(args.seed),
     ] + (["--no-peer"] if args.no_peer else [])
+    # (--merge and --out only concern the runner)
     threads = str(args.threads)
     env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "HF_HUB_OFFLINE": "1"}
     limit = parse_memory(args.max_rss)
@@ -503,17 +504,29 @@ def _row(result: dict[str, Any], product: str, route: str) -> dict[str, Any] | N
     return None
 
 
+def _loads(meta: dict[str, Any]) -> str:
+    return ", ".join(f"{m['load_average'][2]:.1f}" for m in meta.get("runs", [meta]))
+
+
+def _commands(meta: dict[str, Any]) -> str:
+    runs = meta.get("runs", [meta])
+    if len(runs) == 1:
+        return f"Command: `{runs[0]['command']}`"
+    return "Commands, one after another: " + ", ".join(f"`{m['command']}`" for m in runs)
+
+
 def render(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     """The markdown section (between the markers)."""
     lines = [
         BEGIN,
         "## Scale: 0.1M to 124M parameters (benchmarks/scale.py)",
         "",
-        f"Command: `{meta['command']}` on {meta['machine']}; torch {meta['torch']}, {meta['threads']} "
+        f"{_commands(meta)} on {meta['machine']}; torch {meta['torch']}, {meta['threads']} "
         f"threads, device {meta['device']}, {meta['seconds']:.0f} s in all. Each shape in its own process, "
-        "one at a time; load average at the end "
-        f"{meta['load_average'][2]:.1f} (15 min) on a machine shared with other jobs, so seconds vary "
-        "and the ratios (medians of interleaved rounds under the same load) are the figures to read. "
+        "one at a time; load average (15 min) at the end of each run "
+        f"{_loads(meta)} on a machine shared "
+        "with other jobs, so seconds vary and the ratios (medians of interleaved rounds under the same "
+        "load) are the figures to read. "
         f"Models: seeded random initialisations, float32; GPT-2 shapes on {SEQUENCES} x {SEQ_LEN} bytes of the "
         "built-in text corpus (default attention for landscape, eager for PyHessian), ResNet-18 on 16 random "
         "32x32 images. Peak RSS: high-water mark of the process during the phase (reset at its start; "
@@ -652,6 +665,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tol", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=HERE / "results.md")
+    parser.add_argument(
+        "--merge", action="store_true", help="keep the other shapes of scale.json (shapes run one at a time)"
+    )
 
 
 def main_runner(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -687,6 +703,13 @@ def main_runner(args: argparse.Namespace) -> list[dict[str, Any]]:
         "load_average": list(os.getloadavg()),
     }
     json_path = args.out.with_name("scale.json")
+    if args.merge and json_path.exists():  # keep the other shapes of earlier runs, in SHAPES order
+        earlier = json.loads(json_path.read_text())
+        done = {r["shape"]: r for r in earlier["results"]} | {r["shape"]: r for r in results}
+        results = [done[name] for name in SHAPES if name in done]
+        runs = earlier["meta"].get("runs", [earlier["meta"]]) + [meta]
+        meta = {**meta, "runs": runs, "command": "; ".join(m["command"] for m in runs)}
+        meta["seconds"] = sum(m["seconds"] for m in runs)
     json_path.write_text(json.dumps({"meta": meta, "results": results}, indent=1))
     plot(results, args.out.with_name("scale.png"))
     section = render(results, meta)

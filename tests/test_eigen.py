@@ -9,6 +9,7 @@ import torch
 from helpers import DEVICES, dense_hessian, tiny_case
 from landscape.curvature.eigen import (
     basis_capacity,
+    chunk_numbers,
     dense_eigenvalues,
     gaussian_vectors,
     lambda_max,
@@ -387,9 +388,9 @@ def test_float32_operator_keeps_a_float32_basis_with_float64_arithmetic(network,
     seen = []
     original = eigen._Basis.__init__
 
-    def spy(self, n, capacity, dtype, device, grow=16):
+    def spy(self, n, capacity, dtype, device, *args, **kwargs):
         seen.append(dtype)
-        original(self, n, capacity, dtype, device, grow)
+        original(self, n, capacity, dtype, device, *args, **kwargs)
 
     monkeypatch.setattr(eigen._Basis, "__init__", spy)
     op = DenseOperator(A.float())
@@ -421,8 +422,8 @@ def test_memory_budget_bounds_the_basis_or_fails_in_one_line(network):
     n = A.shape[0]
     per_vector = 8 * n
 
-    def working(steps: int) -> int:  # two float64 vectors and a float64 chunk of the basis
-        return 2 * 8 * n + 8 * min(2 * steps * n, 1 << 23)
+    def working(steps: int) -> int:  # two float64 vectors and the basis's float64 chunk buffer
+        return 2 * 8 * n + 8 * chunk_numbers("cpu")
 
     assert basis_capacity(DenseOperator(A), 300, 5, memory_budget=working(300) + 300 * per_vector) == 300
     assert basis_capacity(DenseOperator(A), 300, 5, memory_budget=working(300) + 12 * per_vector) == 12

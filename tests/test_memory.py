@@ -128,12 +128,13 @@ def _measured(problem: Problem, metric: str, plan: Plan, request: Request) -> in
     return torch_peak_bytes(run)[1]
 
 
+@pytest.mark.timeout(900)
 @pytest.mark.parametrize("which", ["mlp", "lm"])
 def test_estimates_bound_the_measured_peak_within_a_factor(which):
     torch.set_num_threads(1)
     problem = digits_mlp_problem() if which == "mlp" else lm_problem()
     fp = measure_footprint(problem)
-    request = Request(max_iter=16, trace_samples=24, density_probes=3, density_steps=12)
+    request = Request(max_iter=12, trace_samples=16, density_probes=3, density_steps=10)
     plans = [
         ("lambda_max", Plan("lambda_max", hvp_route="reuse", basis_vectors=16)),
         ("lambda_max", Plan("lambda_max", hvp_route="forward-over-reverse", basis_vectors=16)),
@@ -144,6 +145,8 @@ def test_estimates_bound_the_measured_peak_within_a_factor(which):
         ("density", Plan("density", hvp_route="reuse", ggn_route="reuse", slq_mode="lockstep")),
         ("density", Plan("density", hvp_route="reuse", ggn_route="reuse", slq_mode="recurrence")),
     ]
+    if which == "lm":  # the transformer: one plan per kind of part (the profiler is slow)
+        plans = [plans[0], plans[2], plans[3], plans[4], plans[6]]
     for metric, plan in plans:
         planned = estimate(fp, plan, request)
         measured = _measured(problem, metric, planned, request)

@@ -161,11 +161,11 @@ def slq_memory(n: int, num_probes: int, num_steps: int, itemsize: int, mode: str
     """Bytes of vectors SLQ holds in ``mode`` (the operator's own memory excluded).
 
     lockstep: ``p`` bases of ``m`` vectors in the operator's dtype plus ``3 p`` float64 working
-    vectors; sequential: one basis and 3 working vectors (each with a float64 copy of one chunk of
-    the basis, at most 64 MiB); recurrence: 4 float64 vectors.
+    vectors; sequential: one basis and 3 working vectors (and the basis's float64 chunk buffer,
+    4 MiB on a CPU); recurrence: 4 float64 vectors.
     """
     m = min(num_steps, n)
-    chunk = 8 * min(m * n, _CHUNK_NUMBERS)  # a chunk of a basis in float64, for the dot products
+    chunk = 8 * 2 * min(_CHUNK_NUMBERS, m * n)  # the float64 chunk buffer of the bases and products
     if mode == "lockstep":
         return num_probes * m * n * itemsize + 3 * num_probes * 8 * n + chunk
     if mode == "sequential":

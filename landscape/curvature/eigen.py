@@ -22,6 +22,7 @@ tridiagonal matrices without storing a basis (local reorthogonalisation only).
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -54,9 +55,33 @@ _DEFAULT_MIN_DIMENSION = 8
 # 100-250 unrestarted steps.
 _DEFAULT_DIMENSION_SMALLEST = 300
 
-# Float64 numbers per chunk when a float32 basis meets a float64 vector (about 64 MiB of
-# temporaries whatever the basis size).
-_CHUNK_NUMBERS = 1 << 23
+# Float64 numbers per chunk when a float32 basis meets a float64 vector: 4 MiB on a CPU (it stays
+# in cache while it is used), 128 MiB on an accelerator (fewer, larger kernels).
+_CHUNK_NUMBERS = 1 << 19
+_CHUNK_NUMBERS_ACCELERATOR = 1 << 24
+
+
+@contextlib.contextmanager
+def _one_thread_on_cpu(device: torch.device) -> Any:
+    """Sweeps over a basis are memory-bound chains of small operations: on a CPU they run on one
+    thread (measured: a projection of 10 float32 vectors of 4M numbers took 0.26 s on one thread
+    and 0.6-2.6 s on two threads of two cores shared with other jobs, where OpenMP's barriers
+    wait for descheduled threads). The thread count is restored afterwards."""
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def chunk_numbers(device: torch.device | str) -> int:
+    """Float64 numbers of the reusable chunk buffer of a basis on ``device``."""
+    return _CHUNK_NUMBERS if torch.device(device).type == "cpu" else _CHUNK_NUMBERS_ACCELERATOR
+
 
 # Daniel, Gragg, Kaufman & Stewart (1976, Math. Comp. 30:772-795): a second Gram-Schmidt pass is
 # needed only when the first removed more than this share of the vector's norm.
@@ -120,6 +145,20 @@ def _storage_device(op: LinearOperator, basis_device: str) -> torch.device:
 # ---------------------------------------------------------------------------------------------
 
 
+class _ChunkBuffer:
+    """One float64 scratch buffer, shared by the bases that take turns using it (the ``p``
+    recurrences of lockstep SLQ), grown when a larger chunk is asked for."""
+
+    def __init__(self) -> None:
+        self.tensor: Tensor | None = None
+
+    def get(self, needed: int, preferred: int, device: torch.device) -> Tensor:
+        """At least ``needed`` numbers (``preferred`` when first allocated)."""
+        if self.tensor is None or self.tensor.numel() < needed or self.tensor.device != device:
+            self.tensor = torch.empty(max(needed, preferred), dtype=torch.float64, device=device)
+        return self.tensor
+
+
 class _Basis:
     """Orthonormal rows ``Q [m, n]`` stored in ``dtype`` on ``device``, grown in blocks.
 
@@ -130,11 +169,20 @@ class _Basis:
     with CUDA present the rows are pinned, so copies to and from the device can overlap.
     """
 
-    def __init__(self, n: int, capacity: int, dtype: torch.dtype, device: torch.device, grow: int = 16):
+    def __init__(
+        self,
+        n: int,
+        capacity: int,
+        dtype: torch.dtype,
+        device: torch.device,
+        grow: int = 16,
+        buffer: _ChunkBuffer | None = None,
+    ):
         self.n, self.capacity, self.dtype, self.device = int(n), int(capacity), dtype, device
         self.grow = max(1, int(grow))
         self.blocks: list[Tensor] = []
         self.m = 0
+        self._buffer = buffer if buffer is not None else _ChunkBuffer()
 
     @property
     def nbytes(self) -> int:
@@ -185,40 +233,73 @@ class _Basis:
             return torch.empty(0, self.n, dtype=self.dtype, device=self.device)
         return views[0] if len(views) == 1 else torch.cat(views)
 
-    def _chunk(self, rows: int) -> int:
-        return max(4096, _CHUNK_NUMBERS // max(1, rows))
+    def _chunks(self, stop: int, extra: int = 0) -> Any:
+        """``(start, width, rows)``: columns ``start:start+width`` of rows ``0:stop`` as a float64
+        ``[stop, width]`` tensor, for consecutive column chunks covering ``0:n``.
+
+        The chunks live in one reusable buffer of ``chunk_numbers`` float64 numbers (``extra``
+        rows of room are left for the caller's own temporaries), small enough to stay in cache on
+        a CPU: converting a float32 basis chunk by chunk into fresh allocations was measured 6x
+        slower (page faults and memory traffic) than into this buffer. A float64 basis in a
+        single block is read in place.
+        """
+        numbers = chunk_numbers(self.device)
+        width = max(1024, numbers // max(1, stop + extra))
+        with _one_thread_on_cpu(self.device):
+            yield from self._chunk_sweep(stop, extra, numbers, width)
+
+    def _chunk_sweep(self, stop: int, extra: int, numbers: int, width: int) -> Any:
+        views = self._row_views(0, stop)
+        in_place = self.dtype == torch.float64 and len(views) == 1
+        buffer = None
+        if not in_place:
+            needed = stop * min(width, self.n)
+            buffer = self._buffer.get(needed, min(numbers, self.capacity * self.n), self.device)
+        for start in range(0, self.n, width):
+            k = min(width, self.n - start)
+            if buffer is None:
+                yield start, k, views[0][1][:, start : start + k]
+                continue
+            rows = buffer[: stop * k].view(stop, k)
+            for first, view in views:
+                rows[first : first + view.shape[0]].copy_(view[:, start : start + k])
+            yield start, k, rows
 
     def project(self, W: Tensor, stop: int | None = None) -> Tensor:
         """``W Q[:stop]^T`` in float64 (``W [b, n]`` float64 on the basis device) -> ``[b, stop]``."""
         stop = self.m if stop is None else stop
         out = torch.zeros(W.shape[0], stop, dtype=torch.float64, device=W.device)
-        for first, view in self._row_views(0, stop):
-            step = self._chunk(view.shape[0])
-            acc = out[:, first : first + view.shape[0]]
-            for c in range(0, self.n, step):
-                acc += W[:, c : c + step] @ view[:, c : c + step].to(torch.float64).T
+        if stop == 0:
+            return out
+        for start, k, rows in self._chunks(stop):
+            out.addmm_(W[:, start : start + k], rows.T)
         return out
 
     def subtract(self, W: Tensor, H: Tensor, project_after: bool = False) -> Tensor | None:
         """``W -= H Q[:H.shape[1]]`` in place (float64); with ``project_after`` also return the
         projection of the updated ``W`` (``W Q^T``), computed chunk by chunk in the same sweep."""
         stop = H.shape[1]
-        views = self._row_views(0, stop)
         after = torch.zeros_like(H) if project_after else None
-        step = self._chunk(stop)
-        for c in range(0, self.n, step):
-            pieces = [(first, view[:, c : c + step].to(torch.float64)) for first, view in views]
-            Wc = W[:, c : c + step]
-            for first, q in pieces:
-                Wc -= H[:, first : first + q.shape[0]] @ q
+        if stop == 0:
+            return after
+        for start, k, rows in self._chunks(stop):
+            Wc = W[:, start : start + k]
+            Wc.sub_(H @ rows)
             if after is not None:
-                for first, q in pieces:
-                    after[:, first : first + q.shape[0]] += Wc @ q.T
+                after.addmm_(Wc, rows.T)
         return after
+
+    def subtract_rows(self, W: Tensor, coefficients: np.ndarray) -> None:
+        """``W -= sum_i c_i Q[i]`` over the nonzero ``coefficients`` only (reads only those rows)."""
+        for i in np.flatnonzero(coefficients).tolist():
+            W.sub_(float(coefficients[i]) * self.row(i).to(torch.float64))
 
     def orthogonalize(self, W: Tensor) -> Tensor:
         """Classical Gram-Schmidt of ``W [b, n]`` (float64, in place) against all rows, repeated
-        once when the DGKS test asks for it; returns the first pass's coefficients ``[b, m]``."""
+        once when the DGKS test asks for it; returns the first pass's coefficients ``[b, m]``.
+
+        Two sweeps over the basis (the projection; the subtraction fused with the projection of
+        the result), a third only when the first pass cancelled most of ``W``."""
         if self.m == 0:
             return torch.zeros(W.shape[0], 0, dtype=torch.float64, device=W.device)
         before = W.norm(dim=1)
@@ -233,26 +314,20 @@ class _Basis:
         """``S^T Q[:S.shape[0]]`` as float64 rows ``[k, n]`` on the basis device (Ritz vectors)."""
         S = S.to(device=self.device, dtype=torch.float64)
         out = torch.zeros(S.shape[1], self.n, dtype=torch.float64, device=self.device)
-        step = self._chunk(S.shape[0])
-        for c in range(0, self.n, step):
-            for first, view in self._row_views(0, S.shape[0]):
-                out[:, c : c + step] += S[first : first + view.shape[0]].T @ view[:, c : c + step].to(
-                    torch.float64
-                )
+        for start, k, rows in self._chunks(S.shape[0]):
+            out[:, start : start + k] = S.T @ rows
         return out
 
     def rotate(self, S: Tensor) -> None:
         """Replace the rows by ``S^T Q`` (``S [m, k]``, ``k <= m``), chunk by chunk in place."""
         m, k = S.shape
         S = S.to(device=self.device, dtype=torch.float64)
-        views = self._row_views(0, m)
-        step = self._chunk(m + k)
-        for c in range(0, self.n, step):
-            chunk = torch.cat([view[:, c : c + step].to(torch.float64) for _, view in views])
-            new = S.T @ chunk
+        targets = self._row_views(0, k)
+        for start, width, rows in self._chunks(m, extra=k):
+            new = S.T @ rows  # computed before any row of this chunk is overwritten
             done = 0
-            for _, view in self._row_views(0, k):
-                view[:, c : c + step] = new[done : done + view.shape[0]].to(self.dtype)
+            for _, view in targets:
+                view[:, start : start + width] = new[done : done + view.shape[0]]
                 done += view.shape[0]
         self.m = k
         # release blocks no longer needed (beyond the kept rows plus one block of room)
@@ -315,7 +390,11 @@ class _LanczosRecurrence:
         self.storage = _storage_device(op, basis_device)
         self.num_blocks = 0
         dtype = basis_dtype(op)
-        self.bases = [_Basis(self.n, self.max_blocks * self.b, dtype, self.storage) for _ in range(self.p)]
+        shared = _ChunkBuffer()
+        self.bases = [
+            _Basis(self.n, self.max_blocks * self.b, dtype, self.storage, buffer=shared)
+            for _ in range(self.p)
+        ]
         for i in range(self.p):
             self.bases[i].append(start[i].to(device=self.storage, dtype=torch.float64))
         # A_j and B_j (the last stored B_j is the residual block), kept on the CPU for the small
@@ -491,8 +570,13 @@ class _ThickRestartLanczos:
         w = self.op.matmat(stored.to(device=self.op.device, dtype=self.op.dtype).unsqueeze(1))
         w = w.to(device=self.storage, dtype=torch.float64).reshape(1, self.n)
         self.num_products += 1
-        H = self.basis.orthogonalize(w)
-        alpha = float(H[0, m])
+        # the recurrence's own terms first (the coupling c to the kept or previous vectors and
+        # alpha q), reading only those rows; then full reorthogonalisation, which finds only
+        # rounding-level components left, so its DGKS repeat is rarely needed
+        alpha = float(w[0] @ stored.to(torch.float64))
+        column = np.append(self.c, alpha)
+        self.basis.subtract_rows(w, column)
+        self.basis.orthogonalize(w)
         T = np.zeros((m + 1, m + 1))
         T[:m, :m] = self.T
         T[:m, m] = T[m, :m] = self.c
@@ -848,7 +932,7 @@ def basis_capacity(
     else as many as fit, not fewer than ``smallest``.
 
     A vector costs ``n`` numbers of the storage dtype; two float64 working vectors and the
-    chunked float64 temporaries (at most 2^23 numbers: 64 MiB) are set aside first. ``memory_budget=None``: the
+    float64 chunk buffer (4 MiB on a CPU, 128 MiB on an accelerator) are set aside first. ``memory_budget=None``: the
     :func:`~landscape.curvature.memory.default_budget` of the storage device. Raises
     :class:`UserError` (one line: what is needed, the budget) when even ``smallest`` does not fit.
     """
@@ -857,7 +941,7 @@ def basis_capacity(
     storage = _storage_device(op, basis_device)
     budget = default_budget(storage) if memory_budget is None else int(memory_budget)
     per_vector = op.n * torch.empty((), dtype=basis_dtype(op)).element_size()
-    working = 2 * 8 * op.n + 8 * min(2 * steps * op.n, _CHUNK_NUMBERS)
+    working = 2 * 8 * op.n + 8 * chunk_numbers(storage)
     fits = max(0, (budget - working) // per_vector)
     if fits >= steps:
         return steps

@@ -560,17 +560,18 @@ def _operator_parts(
 
 
 def _chunk_temporaries(fp: Footprint, rows: int) -> int:
-    """Float64 copies of a chunk of ``rows`` basis vectors (at most 2^23 numbers: 64 MiB)."""
-    from landscape.curvature.eigen import _CHUNK_NUMBERS
+    """The float64 chunk buffer of a basis of ``rows`` vectors and its products with a chunk."""
+    from landscape.curvature.eigen import chunk_numbers
 
-    return 8 * min(rows * fp.num_params, _CHUNK_NUMBERS)
+    numbers = min(chunk_numbers(fp.device), rows * fp.num_params)
+    return 2 * 8 * numbers
 
 
 def _lanczos_parts(fp: Footprint, plan: Plan) -> list[tuple[str, str, int]]:
     """Krylov basis in the compute dtype, two float64 working vectors, float64 chunk temporaries
-    (a thick restart rotates the basis through chunks of twice its rows)."""
+    (its float64 chunk buffer)."""
     basis = int(plan.basis_vectors or 0)
-    rows = basis if plan.full_basis else 2 * basis
+    rows = basis
     return [
         (
             f"Krylov basis ({basis} vectors)",
