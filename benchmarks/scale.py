@@ -302,10 +302,43 @@ def measure(shape: str, args: argparse.Namespace) -> dict[str, Any]:
     }
     del H
     print(f"[scale] {shape}: lambda_max {out['lambda_max']}", flush=True)
+    if args.lambda_min_iter > 0:
+        out["lambda_min"] = measure_lambda_min(problem, budget, args, device)
+        print(f"[scale] {shape}: lambda_min {out['lambda_min']}", flush=True)
 
     if not args.no_peer:
         out["pyhessian"] = measure_pyhessian(shape, model, x, y, problem, gradient, args, device)
     return out
+
+
+def measure_lambda_min(problem: Any, budget: int, args: argparse.Namespace, device: Any) -> dict[str, Any]:
+    """lambda_min as its own call, planned for the budget (a bounded basis where a full one does
+    not fit), at most ``--lambda-min-iter`` products: converged or with its residual."""
+    from landscape.curvature.eigen import lambda_min
+    from landscape.curvature.memory import Request, measure_footprint, plan_metric
+    from landscape.curvature.operators import HessianOperator
+
+    with Phase(device) as phase:
+        start = time.perf_counter()
+        request = Request(max_iter=args.lambda_min_iter)
+        plan = plan_metric("lambda_min", measure_footprint(problem), budget, request)
+        H = HessianOperator(problem, method=plan.hvp_route)
+        result = lambda_min(
+            H, tol=args.tol, max_iter=args.lambda_min_iter, seed=args.seed, max_basis=plan.basis_vectors
+        )
+        seconds = time.perf_counter() - start
+    return {
+        "plan": plan.describe(),
+        "value": result.eigenvalues[0],
+        "residual": result.residuals[0],
+        "error_bound": result.error_bounds[0],
+        "converged": result.converged[0],
+        "products": result.num_products,
+        "basis_vectors": result.basis_vectors,
+        "restarts": result.restarts,
+        "seconds": seconds,
+        **phase.record(),
+    }
 
 
 def measure_pyhessian(
@@ -443,6 +476,8 @@ def run_shape(shape: str, args: argparse.Namespace, log: Path) -> dict[str, Any]
         ",".join(args.routes),
         "--tol",
         str(args.tol),
+        "--lambda-min-iter",
+        str(args.lambda_min_iter),
         "--seed",
         str(args.seed),
     ] + (["--no-peer"] if args.no_peer else [])
@@ -521,8 +556,8 @@ def render(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         BEGIN,
         "## Scale: 0.1M to 124M parameters (benchmarks/scale.py)",
         "",
-        f"{_commands(meta)} on {meta['machine']}; torch {meta['torch']}, {meta['threads']} "
-        f"threads, device {meta['device']}, {meta['seconds']:.0f} s in all. Each shape in its own process, "
+        f"{_commands(meta)} on {meta['machine']}; torch {meta['torch']}, device {meta['device']}, "
+        f"{meta['seconds']:.0f} s in all. Each shape in its own process, "
         "one at a time; load average (15 min) at the end of each run "
         f"{_loads(meta)} on a machine shared "
         "with other jobs, so seconds vary and the ratios (medians of interleaved rounds under the same "
@@ -532,13 +567,13 @@ def render(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         "32x32 images. Peak RSS: high-water mark of the process during the phase (reset at its start; "
         "the model, data and earlier phases' leftovers included).",
         "",
-        "| shape | params | gradient s | H reuse | H fwd-over-rev | H double-bwd | G reuse | G stream "
+        "| shape | params | threads | gradient s | H reuse | H fwd-over-rev | H double-bwd | G reuse | G stream "
         "| PyHessian HVP | peak RSS GiB: H reuse / fwd / G reuse / PyHessian |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for res in results:
         if "failed" in res and "rows" not in res:
-            lines.append(f"| {res['shape']} | | failed: {res['failed']} | | | | | | | |")
+            lines.append(f"| {res['shape']} | | | failed: {res['failed']} | | | | | | | |")
             continue
         cells = []
         for product, route in (
@@ -560,7 +595,7 @@ def render(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             mem.append(_f(r.get("peak_rss_gib")) if r and "failed" not in r else "-")
         mem.append(_f(ph.get("peak_rss_gib")))
         lines.append(
-            f"| {res['shape']} | {res['num_params'] / 1e6:.2f}M | {_f(res['gradient_seconds'])} | "
+            f"| {res['shape']} | {res['num_params'] / 1e6:.2f}M | {res['threads']} | {_f(res['gradient_seconds'])} | "
             + " | ".join(cells)
             + " | "
             + " / ".join(mem)
@@ -588,6 +623,23 @@ def render(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             f"{_f(ph.get('value'), 6) if ph else '-'} | {ph.get('products', '-')} | {_f(ph.get('seconds'), 1)} "
             f"| {_f(ph.get('peak_rss_gib'))} | {_f(ratio)} |"
         )
+    minima = [r for r in results if r.get("lambda_min")]
+    if minima:
+        lines += [
+            "",
+            "lambda_min as its own call (the memory planner's plan; at most `--lambda-min-iter` products):",
+            "",
+            "| shape | value | residual | error bound | products | converged | basis / restarts | seconds "
+            "| peak RSS GiB |",
+            "|---|---:|---:|---:|---:|---|---|---:|---:|",
+        ]
+        for res in minima:
+            m = res["lambda_min"]
+            lines.append(
+                f"| {res['shape']} | {m['value']:.4g} | {m['residual']:.2e} | {m['error_bound']:.2e} "
+                f"| {m['products']} | {'yes' if m['converged'] else 'no'} | {m['basis_vectors']} / {m['restarts']} "
+                f"| {_f(m['seconds'], 1)} | {_f(m['peak_rss_gib'])} |"
+            )
     if any("failed" in r for r in results):
         lines += [""] + [f"- {r['shape']}: {r['failed']}" for r in results if "failed" in r]
     lines += ["", "![cost against size](scale.png)", "", END]
@@ -663,6 +715,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="products to time (H routes, ggn-reuse, ggn-stream)",
     )
     parser.add_argument("--tol", type=float, default=1e-3)
+    parser.add_argument(
+        "--lambda-min-iter", type=int, default=0, help="also lambda_min, with at most this many products"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=HERE / "results.md")
     parser.add_argument(

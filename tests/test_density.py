@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import DEVICES
 from landscape.curvature.density import SLQ_MODES, choose_slq_mode, slq, slq_memory
 from landscape.curvature.eigen import seeded_generator
 from landscape.curvature.linear_operator import DenseOperator
@@ -171,12 +172,14 @@ def smoothed_exact(spectrum: np.ndarray, grid: torch.Tensor, sigma: float) -> np
     return np.exp(-0.5 * z**2).sum(axis=1) / len(spectrum) / (sigma * math.sqrt(2.0 * math.pi))
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_modes_give_the_same_quadrature(network, dtype):
+def test_modes_give_the_same_quadrature(network, dtype, device):
     """Lockstep, one probe at a time and the short recurrence without a basis: the same probes,
     the same tridiagonal matrices up to rounding, the same density and moments."""
     A, spectrum = network
-    results = {mode: slq(DenseOperator(A.to(dtype)), 6, 48, seed=2, mode=mode) for mode in SLQ_MODES[1:]}
+    operator = DenseOperator(A.to(device=device, dtype=dtype))
+    results = {mode: slq(operator, 6, 48, seed=2, mode=mode) for mode in SLQ_MODES[1:]}
     reference = results["lockstep"]
     grid, sigma = reference.default_grid(), reference.default_sigma()
     peak = float(reference.density(grid, sigma).max())

@@ -329,8 +329,10 @@ def test_invalid_arguments():
         ("both", 2, 1e-4, 30),
     ],
 )
-def test_bounded_basis_gives_the_eigenvalues_of_the_full_basis(network, which, k, tol, max_basis):
+@pytest.mark.parametrize("device", DEVICES)
+def test_bounded_basis_gives_the_eigenvalues_of_the_full_basis(network, which, k, tol, max_basis, device):
     A, spectrum = network
+    A = A.to(device)
     op = DenseOperator(A)
     full = lanczos(A, k=k, which=which, tol=tol, max_iter=3000)
     bounded = lanczos(op, k=k, which=which, tol=tol, max_iter=3000, max_basis=max_basis)
