@@ -292,7 +292,7 @@ class _Basis:
     def subtract_rows(self, W: Tensor, coefficients: np.ndarray) -> None:
         """``W -= sum_i c_i Q[i]`` over the nonzero ``coefficients`` only (reads only those rows)."""
         for i in np.flatnonzero(coefficients).tolist():
-            W.sub_(float(coefficients[i]) * self.row(i).to(torch.float64))
+            W.sub_(self.row(i), alpha=float(coefficients[i]))  # promoted to float64 in place
 
     def orthogonalize(self, W: Tensor) -> Tensor:
         """Classical Gram-Schmidt of ``W [b, n]`` (float64, in place) against all rows, repeated
