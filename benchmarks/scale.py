@@ -218,6 +218,7 @@ def measure(shape: str, args: argparse.Namespace) -> dict[str, Any]:
         measure_footprint,
         parse_memory,
         plan_metric,
+        remaining_budget,
     )
     from landscape.curvature.operators import GGNOperator, HessianOperator
     from landscape.problem import Problem
@@ -274,13 +275,16 @@ def measure(shape: str, args: argparse.Namespace) -> dict[str, Any]:
         except (RuntimeError, MemoryError) as exc:  # reported, never fatal
             row["failed"] = f"{type(exc).__name__}: {str(exc)[:200]}"
         out["rows"].append(row)
+        args.json.write_text(json.dumps(out, indent=1))
         print(f"[scale] {shape}: {kind} {route}: {row.get('x_gradient', row.get('failed'))}", flush=True)
 
     # lambda_max as the analysis layer runs it: planned, then lambda_max at tol 1e-3
-    budget = parse_memory(args.max_memory)
+    args.json.write_text(json.dumps(out, indent=1))  # what is done so far survives a stop
+    limit = parse_memory(args.max_memory)
     with Phase(device) as phase:
         start = time.perf_counter()
         footprint = measure_footprint(problem)
+        budget = remaining_budget(limit, device)  # --max-memory is for the whole process
         plan = plan_metric("lambda_max", footprint, budget, Request())
         H = HessianOperator(problem, method=plan.hvp_route)
         result = lambda_max(H, tol=args.tol, seed=args.seed, max_basis=plan.basis_vectors)
@@ -302,8 +306,10 @@ def measure(shape: str, args: argparse.Namespace) -> dict[str, Any]:
     }
     del H
     print(f"[scale] {shape}: lambda_max {out['lambda_max']}", flush=True)
+    args.json.write_text(json.dumps(out, indent=1))
     if args.lambda_min_iter > 0:
-        out["lambda_min"] = measure_lambda_min(problem, budget, args, device)
+        out["lambda_min"] = measure_lambda_min(problem, limit, args, device)
+        args.json.write_text(json.dumps(out, indent=1))
         print(f"[scale] {shape}: lambda_min {out['lambda_min']}", flush=True)
 
     if not args.no_peer:
@@ -311,17 +317,18 @@ def measure(shape: str, args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def measure_lambda_min(problem: Any, budget: int, args: argparse.Namespace, device: Any) -> dict[str, Any]:
+def measure_lambda_min(problem: Any, limit: int, args: argparse.Namespace, device: Any) -> dict[str, Any]:
     """lambda_min as its own call, planned for the budget (a bounded basis where a full one does
     not fit), at most ``--lambda-min-iter`` products: converged or with its residual."""
     from landscape.curvature.eigen import lambda_min
-    from landscape.curvature.memory import Request, measure_footprint, plan_metric
+    from landscape.curvature.memory import Request, measure_footprint, plan_metric, remaining_budget
     from landscape.curvature.operators import HessianOperator
 
     with Phase(device) as phase:
         start = time.perf_counter()
         request = Request(max_iter=args.lambda_min_iter)
-        plan = plan_metric("lambda_min", measure_footprint(problem), budget, request)
+        footprint = measure_footprint(problem)
+        plan = plan_metric("lambda_min", footprint, remaining_budget(limit, device), request)
         H = HessianOperator(problem, method=plan.hvp_route)
         result = lambda_min(
             H, tol=args.tol, max_iter=args.lambda_min_iter, seed=args.seed, max_basis=plan.basis_vectors
@@ -513,7 +520,11 @@ def run_shape(shape: str, args: argparse.Namespace, log: Path) -> dict[str, Any]
         watcher.join()
     wall = time.perf_counter() - start
     if peak["stopped"]:
-        return {"shape": shape, "failed": f"stopped: resident memory above --max-rss {format_bytes(limit)}"}
+        stopped = f"stopped: resident memory above --max-rss {format_bytes(limit)}"
+        if out.exists():  # the phases finished before the stop
+            partial = json.loads(out.read_text())
+            return {**partial, "failed": stopped, "wall_seconds": wall}
+        return {"shape": shape, "failed": stopped}
     if proc.returncode != 0 or not out.exists():
         return {"shape": shape, "failed": f"exit code {proc.returncode}, see {log}"}
     result = json.loads(out.read_text())
@@ -711,7 +722,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds per timing")
     parser.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:N")
-    parser.add_argument("--max-memory", default="10GB", help="memory budget of the planner")
+    parser.add_argument(
+        "--max-memory",
+        default="10GB",
+        help="the planner's limit for the whole process (model and data included)",
+    )
     parser.add_argument("--max-rss", default="12GB", help="stop a shape whose process grows past this")
     parser.add_argument(
         "--routes",

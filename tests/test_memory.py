@@ -232,3 +232,15 @@ def test_a_bounded_basis_is_what_makes_a_large_model_fit():
     assert plan_metric("lambda_max", fp, 64 * GIB).full_basis
     with pytest.raises(UserError, match="lambda_max needs about .* memory budget of 2 GiB"):
         plan_metric("lambda_max", fp, 2 * GIB)
+
+
+def test_a_process_limit_leaves_what_the_process_does_not_hold_yet():
+    from landscape.curvature.memory import remaining_budget, used_memory
+
+    held = used_memory("cpu")
+    assert held > 0
+    assert remaining_budget(None, "cpu") == default_budget("cpu")
+    limit = held + (256 << 20)
+    assert 0 < remaining_budget(limit, "cpu") <= 256 << 20
+    with pytest.raises(UserError, match="already used by the model and data"):
+        remaining_budget(held // 2, "cpu")

@@ -162,8 +162,9 @@ class _ChunkBuffer:
 class _Basis:
     """Orthonormal rows ``Q [m, n]`` stored in ``dtype`` on ``device``, grown in blocks.
 
-    Storage is allocated ``grow`` rows at a time up to ``capacity`` (so a run that converges in 10
-    steps never allocates 300 vectors, and growing never copies the rows already stored). All
+    Storage is allocated ``grow`` rows at a time up to ``capacity`` (16 rows, or fewer so that a
+    block stays under 64 MiB: a run that converges in 10 steps never allocates more than it uses,
+    and growing never copies the rows already stored). All
     products with the basis are float64: ``project`` returns ``W Q^T`` and ``subtract`` forms
     ``W - H Q`` over chunks of the columns, converting one chunk of ``Q`` at a time. On the host
     with CUDA present the rows are pinned, so copies to and from the device can overlap.
@@ -175,10 +176,13 @@ class _Basis:
         capacity: int,
         dtype: torch.dtype,
         device: torch.device,
-        grow: int = 16,
+        grow: int | None = None,
         buffer: _ChunkBuffer | None = None,
     ):
         self.n, self.capacity, self.dtype, self.device = int(n), int(capacity), dtype, device
+        if grow is None:  # up to 16 rows, but no more than 64 MiB at a time (one row when larger)
+            row_bytes = self.n * torch.empty((), dtype=dtype).element_size()
+            grow = min(16, (64 << 20) // max(1, row_bytes))
         self.grow = max(1, int(grow))
         self.blocks: list[Tensor] = []
         self.m = 0

@@ -22,7 +22,9 @@ smallest plan does not fit, :func:`plan_metric` raises a one-line :class:`~lands
 naming the metric, the estimate and the budget.
 
 :func:`default_budget` is most of the memory free on the device now (CUDA: ``mem_get_info``; CPU:
-``MemAvailable`` and the cgroup limit), :func:`parse_memory` reads ``"12GB"``-style strings, and
+``MemAvailable`` and the cgroup limit), :func:`remaining_budget` turns a whole-process limit
+(``--max-memory``) into what a metric may still add, :func:`parse_memory` reads ``"12GB"``-style
+strings, and
 :func:`torch_peak_bytes` measures what torch allocated at the peak of a call (CUDA: the allocator's
 peak statistics; CPU: the profiler's allocation events), which is what the estimates are tested
 against.
@@ -55,7 +57,9 @@ __all__ = [
     "measure_footprint",
     "parse_memory",
     "plan_metric",
+    "remaining_budget",
     "torch_peak_bytes",
+    "used_memory",
 ]
 
 # Share of the free memory that the default budget takes: the rest is left to the allocator's
@@ -201,6 +205,44 @@ def available_memory(device: torch.device | str = "cpu") -> int:
 def default_budget(device: torch.device | str = "cpu", fraction: float = DEFAULT_FRACTION) -> int:
     """The default ``--max-memory``: ``fraction`` (80 %) of :func:`available_memory` on ``device``."""
     return int(fraction * available_memory(device))
+
+
+def used_memory(device: torch.device | str = "cpu") -> int:
+    """Bytes this process holds on ``device`` now: CUDA/MPS tensors allocated by torch, or the
+    resident set size on the CPU."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.memory_allocated(device))
+    if device.type == "mps":  # pragma: no cover - no Apple GPU in CI
+        return int(torch.mps.current_allocated_memory())
+    try:
+        with open(f"/proc/{os.getpid()}/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def remaining_budget(limit: int | None, device: torch.device | str = "cpu") -> int:
+    """The bytes a metric may add now, for a whole-process limit such as ``--max-memory 12GB``.
+
+    ``limit - used_memory(device)`` (what the model, the data and the problem already hold counts
+    against the limit), never more than :func:`default_budget` (what is actually free);
+    ``limit=None`` gives :func:`default_budget`. Raises :class:`UserError` when the process
+    already uses the whole limit.
+    """
+    free = default_budget(device)
+    if limit is None:
+        return free
+    left = int(limit) - used_memory(device)
+    if left <= 0:
+        raise UserError(
+            f"the memory limit of {format_bytes(limit)} is already used by the model and data "
+            f"({format_bytes(used_memory(device))} on {torch.device(device)}); raise --max-memory"
+        )
+    return min(left, free)
 
 
 def torch_peak_bytes(fn: Callable[[], Any], device: torch.device | str = "cpu") -> tuple[Any, int]:
