@@ -1,4 +1,6 @@
-"""``python -m benchmarks run [--quick] [--out benchmarks/results.md]`` and ``python -m benchmarks render``.
+"""``python -m benchmarks run [--quick] [--out benchmarks/results.md]``, ``python -m benchmarks render``
+and ``python -m benchmarks scale [--quick] [--no-peer]`` (benchmarks/scale.py: 0.1M to 124M
+parameters next to PyHessian; its section of the report survives ``run`` and ``render``).
 
 Runs every workload in its own process (``python -m benchmarks.curvature``, one torch thread),
 then the optimizer step-time ratios (``benchmarks/optim_step.py``, when present), and writes the
@@ -539,11 +541,19 @@ def main() -> None:
     run.add_argument("--workloads", default=None, help="comma-separated subset (default: all for the mode)")
     again = sub.add_parser("render", help="rewrite the markdown report from a run's JSON (no measuring)")
     again.add_argument("--json", type=Path, default=HERE / "results.json")
+    from benchmarks import scale
+
+    scaled = sub.add_parser("scale", help="GPT-2 shapes up to 124M and a ResNet-18, next to PyHessian")
+    scale.add_arguments(scaled)
     args = parser.parse_args()
+    if args.command == "scale":
+        scale.main_runner(args)
+        return
     if args.command == "render":
         payload = json.loads(args.json.read_text())
         text = render(payload["workloads"], payload["optimizers"], payload["meta"])
-        args.json.with_suffix(".md").write_text(text)
+        kept = scale.preserved_section(args.json.with_suffix(".md"))
+        args.json.with_suffix(".md").write_text(scale.splice(text, kept) if kept else text)
         print(f"[benchmarks] wrote {args.json.with_suffix('.md')} from {args.json}")
         return
 
@@ -574,7 +584,9 @@ def main() -> None:
         # Other jobs on a shared machine stretch wall times (ratios suffer less): record the load.
         "load_average": list(os.getloadavg()),
     }
-    args.out.write_text(render(results, optim, meta))
+    kept = scale.preserved_section(args.out)  # the scale section is written by `scale` only
+    text = render(results, optim, meta)
+    args.out.write_text(scale.splice(text, kept) if kept else text)
     payload = {"meta": meta, "workloads": results, "optimizers": optim}
     args.out.with_suffix(".json").write_text(json.dumps(payload, indent=1))
     print(f"[benchmarks] wrote {args.out} and {args.out.with_suffix('.json')} in {meta['seconds']:.0f} s")

@@ -14,6 +14,11 @@ The model runs through ``torch.func.functional_call`` with the selected paramete
 explicitly, in eval mode (dropout off, BatchNorm running statistics; switched on for each call and
 back to the caller's modes after it), so the same problem object serves reverse-mode, forward-mode
 and double-backward differentiation.
+
+Devices: the parameters and buffers are copied to the compute device once; the data stays on
+the host and moves to the device one chunk at a time (:meth:`Problem.device_batch`: pinned host
+memory and non-blocking copies with CUDA), so the device holds the model, one chunk and what the
+estimators need, whatever the size of the data.
 """
 
 from __future__ import annotations
@@ -183,6 +188,12 @@ class Problem:
         batch_size: chunk size in samples (memory only; results do not depend on it). Default:
             about 2M model-output elements per chunk.
         dtype: compute dtype for parameters, float buffers and float inputs (default: the model's).
+        device: where to compute: ``"auto"`` (CUDA when available, this process's ``LOCAL_RANK``
+            GPU under ``torchrun``), ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"`` or a
+            ``torch.device`` (see :func:`landscape.distributed.resolve_device`). Default: the
+            device of the model's parameters. The model itself is not moved: the problem holds
+            its own copies of the parameters and buffers there. Data given on another device is
+            kept on the host (pinned with CUDA) and copied one chunk at a time.
         distributed: sum over the processes of ``torch.distributed`` (see
             :mod:`landscape.distributed`). ``None`` (default): when it is initialised with more than
             one process. Then data given as ``(x, y)`` (or ``.x``/``.y``, a ``Dataset``) is sharded:
@@ -221,7 +232,7 @@ class Problem:
         if first is None:
             raise UserError("the model has no parameters")
         self.dtype = dtype or first.dtype
-        self.device = torch.device(device) if device is not None else first.device
+        self.device = _dist.resolve_device(device) if device is not None else first.device
         self.param_names = select_parameters(model, params)
         named = dict(model.named_parameters())
         self.params: dict[str, Tensor] = {
@@ -257,6 +268,16 @@ class Problem:
         self._check_outputs()
 
     # ----------------------------------------------------------------------------------- data
+    def _stage(self, x: Tensor) -> Tensor:
+        """Keep ``x`` where the data lives: on the compute device if it is already there, else on
+        the host (pinned when the compute device is a CUDA GPU, for asynchronous copies)."""
+        if x.device == self.device:
+            return x
+        x = x.cpu()
+        if self.device.type == "cuda" and not x.is_pinned():
+            x = x.pin_memory()
+        return x
+
     def _convert_inputs(self, x: Any) -> Any:
         if isinstance(x, dict):
             return {k: self._convert_inputs(v) for k, v in x.items()}
@@ -265,10 +286,30 @@ class Problem:
             x = x.to(dtype=self.dtype)
             if not torch.isfinite(x).all():
                 raise UserError("the inputs contain NaN or infinite values")
-        return x.to(self.device)
+        return self._stage(x)
+
+    def _to_device(self, x: Any) -> Any:
+        if isinstance(x, dict):
+            return {k: self._to_device(v) for k, v in x.items()}
+        if isinstance(x, Tensor) and x.device != self.device:
+            return x.to(self.device, non_blocking=x.is_pinned())
+        return x
+
+    def device_batch(self, batch: Batch) -> Batch:
+        """``batch`` with its inputs and targets on the compute device (the same object when they
+        already are; otherwise a copy, non-blocking from pinned host memory)."""
+        if batch.targets.device == self.device and all(
+            t.device == self.device
+            for t in (batch.inputs.values() if isinstance(batch.inputs, dict) else [batch.inputs])
+            if isinstance(t, Tensor)
+        ):
+            return batch
+        return Batch(
+            self._to_device(batch.inputs), self._to_device(batch.targets), batch.count, batch.num_samples
+        )
 
     def _convert_targets(self, y: Tensor) -> Tensor:
-        return self.loss_function.prepare_targets(torch.as_tensor(y).to(self.device), self.dtype)
+        return self._stage(self.loss_function.prepare_targets(torch.as_tensor(y), self.dtype))
 
     def _count(self, y: Tensor) -> int:
         return self.loss_function.count(y)
@@ -308,7 +349,7 @@ class Problem:
         return batches
 
     def _check_outputs(self) -> None:
-        b = self.batches[0]
+        b = self.device_batch(self.batches[0])
         with torch.enable_grad():  # also when built under no_grad: the check needs the graph
             leaves = {n: p.detach().requires_grad_(True) for n, p in self.params.items()}
             out = self.outputs(leaves, b.inputs)
@@ -336,7 +377,9 @@ class Problem:
 
     # ------------------------------------------------------------------------------ function
     def outputs(self, params: dict[str, Tensor], inputs: Any) -> Tensor:
-        """Model predictions at ``params`` (a dict name -> tensor) for one batch of inputs."""
+        """Model predictions at ``params`` (a dict name -> tensor) for one batch of inputs (moved to
+        the compute device if they are elsewhere)."""
+        inputs = self._to_device(inputs)
         state = {**self.fixed, **params}
         # The fused CPU SDPA kernels (Hugging Face's default attention) have neither double-backward
         # nor forward-mode derivatives; the math path computes the same attention and has both.
@@ -350,15 +393,17 @@ class Problem:
 
     def batch_loss_sum(self, params: dict[str, Tensor], batch: Batch) -> Tensor:
         """Sum of per-target losses of one batch at ``params``."""
+        batch = self.device_batch(batch)
         return self.loss_function.sum(self.outputs(params, batch.inputs), batch.targets)
 
     def loss_value(self, params: dict[str, Tensor] | None = None) -> float:
         """The full-data mean loss L(theta)."""
         params = self.params if params is None else params
         with torch.no_grad():
-            total = torch.tensor(
-                sum(float(self.batch_loss_sum(params, b)) for b in self.batches), dtype=torch.float64
-            )
+            total = torch.zeros((), dtype=torch.float64, device=self.device)
+            for b in self.batches:
+                total += self.batch_loss_sum(params, b).to(torch.float64)
+            total = total.cpu()
         return float(self.all_reduce_(total)) / self.num_targets
 
     def gradient(self, params: dict[str, Tensor] | None = None) -> Tensor:
@@ -420,5 +465,6 @@ class Problem:
             "processes": _dist.world_size() if self.distributed else 1,
             "loss_function": loss_name(self.loss),
             "dtype": str(self.dtype).replace("torch.", ""),
+            "device": str(self.device),
             "mode": "eval (dropout off, BatchNorm running statistics)",
         }

@@ -115,7 +115,20 @@ def dense_gradient(problem: Problem, x: Tensor, y: Tensor, reference: Reference 
     return g
 
 
+def available_devices() -> list[str]:
+    """The devices this machine can run the suite on: the CPU always, CUDA when present (float64
+    references need a device with float64: Apple's MPS has none)."""
+    devices = ["cpu"]
+    if torch.cuda.is_available():
+        devices.append("cuda")
+    return devices
+
+
+DEVICES = available_devices()
+
+
 def rel(a: Tensor | float, b: Tensor | float) -> float:
-    a = torch.as_tensor(a, dtype=torch.float64)
-    b = torch.as_tensor(b, dtype=torch.float64)
+    """max |a - b| / max |b| (compared on the CPU in float64, wherever a and b live)."""
+    a = torch.as_tensor(a).detach().to(device="cpu", dtype=torch.float64)
+    b = torch.as_tensor(b).detach().to(device="cpu", dtype=torch.float64)
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-300))

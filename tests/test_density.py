@@ -7,10 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from landscape.curvature.density import slq
+from helpers import DEVICES
+from landscape.curvature.density import SLQ_MODES, choose_slq_mode, slq, slq_memory
 from landscape.curvature.eigen import seeded_generator
 from landscape.curvature.linear_operator import DenseOperator
 from landscape.curvature.trace import rademacher_vectors
+from landscape.errors import UserError
 
 
 def symmetric_with_spectrum(eigenvalues: np.ndarray, seed: int = 0) -> torch.Tensor:
@@ -163,3 +165,74 @@ def test_reproducible_json_and_global_rng(network):
     assert json.loads(json.dumps(slq(A, num_probes=1, num_steps=5).to_dict()))["trace_stderr"] is None
     with pytest.raises(ValueError):
         slq(A, num_probes=0)
+
+
+def smoothed_exact(spectrum: np.ndarray, grid: torch.Tensor, sigma: float) -> np.ndarray:
+    z = (grid.numpy()[:, None] - spectrum[None, :]) / sigma
+    return np.exp(-0.5 * z**2).sum(axis=1) / len(spectrum) / (sigma * math.sqrt(2.0 * math.pi))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_modes_give_the_same_quadrature(network, dtype, device):
+    """Lockstep, one probe at a time and the short recurrence without a basis: the same probes,
+    the same tridiagonal matrices up to rounding, the same density and moments."""
+    A, spectrum = network
+    operator = DenseOperator(A.to(device=device, dtype=dtype))
+    results = {mode: slq(operator, 6, 48, seed=2, mode=mode) for mode in SLQ_MODES[1:]}
+    reference = results["lockstep"]
+    grid, sigma = reference.default_grid(), reference.default_sigma()
+    peak = float(reference.density(grid, sigma).max())
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    for mode, result in results.items():
+        assert result.mode == mode and result.num_products == 6 * 48
+        assert float((result.density(grid, sigma) - reference.density(grid, sigma)).abs().max()) <= tol * peak
+        for order in (1, 2, 3, 6):
+            assert result.moment(order)[0] == pytest.approx(reference.moment(order)[0], rel=10 * tol)
+    exact = smoothed_exact(spectrum, grid, sigma)
+    assert np.abs(results["recurrence"].density(grid, sigma).numpy() - exact).max() <= 0.05 * exact.max()
+
+
+def test_short_recurrence_has_ghosts_but_the_right_density():
+    """Strong outliers and many steps: without full reorthogonalisation the top eigenvalue
+    reappears as ghost copies, whose weights add up to its own, so the density is unchanged."""
+    rng = np.random.default_rng(0)
+    spectrum = np.sort(np.concatenate([[50.0, 20.0, 10.0], rng.uniform(0, 1, 297) ** 3]))
+    A = symmetric_with_spectrum(spectrum, seed=4)
+    full = slq(A, 4, 150, seed=1, mode="lockstep")
+    short = slq(A, 4, 150, seed=1, mode="recurrence")
+    copies_full = (full.nodes > 49.99).sum(dim=1)
+    copies_short = (short.nodes > 49.99).sum(dim=1)
+    assert (copies_full == 1).all() and (copies_short >= 5).all()
+    grid, sigma = full.default_grid(), full.default_sigma()
+    assert float((short.density(grid, sigma) - full.density(grid, sigma)).abs().max()) <= 1e-10 * float(
+        full.density(grid, sigma).max()
+    )
+    for order in (1, 2, 4, 8):
+        assert short.moment(order)[0] == pytest.approx(full.moment(order)[0], rel=1e-10)
+
+
+def test_auto_mode_follows_the_memory_budget(network):
+    A, _ = network
+    n, p, m = A.shape[0], 4, 20
+    op = DenseOperator(A)
+    need = {mode: slq_memory(n, p, m, 8, mode) for mode in SLQ_MODES[1:]}
+    assert need["lockstep"] > need["sequential"] > need["recurrence"]
+    assert slq(op, p, m, mode="auto").mode == "lockstep"  # plenty of memory here
+    assert slq(op, p, m, mode="auto", memory_budget=need["lockstep"]).mode == "lockstep"
+    assert slq(op, p, m, mode="auto", memory_budget=need["lockstep"] - 1).mode == "sequential"
+    assert slq(op, p, m, mode="auto", memory_budget=need["sequential"] - 1).mode == "recurrence"
+    with pytest.raises(UserError, match="density .* memory budget"):
+        slq(op, p, m, mode="auto", memory_budget=need["recurrence"] - 1)
+    float32 = slq_memory(n, p, m, 4, "lockstep")  # a float32 basis: half the bytes of the vectors
+    assert float32 == need["lockstep"] - p * m * n * 4
+    assert choose_slq_mode(n, p, m, 4, float32) == "lockstep"
+    with pytest.raises(ValueError):
+        slq(op, p, m, mode="fast")
+
+
+def test_host_basis_gives_the_same_result(network):
+    A, _ = network
+    device = slq(A, 3, 30, seed=5, mode="lockstep")
+    host = slq(A, 3, 30, seed=5, mode="lockstep", basis_device="host")
+    assert torch.equal(device.nodes, host.nodes) and torch.equal(device.weights, host.weights)

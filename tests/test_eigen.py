@@ -6,15 +6,24 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import DEVICES, dense_hessian, tiny_case
 from landscape.curvature.eigen import (
+    basis_capacity,
+    chunk_numbers,
     dense_eigenvalues,
     gaussian_vectors,
+    lambda_max,
+    lambda_min,
     lanczos,
     lanczos_tridiagonal,
     power_iteration,
     seeded_generator,
+    top_eigenvalues,
 )
 from landscape.curvature.linear_operator import DenseOperator
+from landscape.curvature.operators import HessianOperator
+from landscape.errors import UserError
+from landscape.problem import Problem
 
 OUTLIERS = [0.126, 0.108, 0.091, 0.066, 0.045]  # top of a trained network's Hessian
 
@@ -301,3 +310,187 @@ def test_invalid_arguments():
         lanczos(A, k=0)
     with pytest.raises(ValueError):
         lanczos(A, k=2, block_size=5)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bounded bases (thick restart), storage dtype, memory budget, devices
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "which,k,tol,max_basis",
+    [
+        ("LA", 1, 1e-3, 5),
+        ("LA", 1, 1e-10, 6),
+        ("LA", 3, 1e-8, 10),
+        ("LA", 5, 1e-10, 13),
+        ("SA", 1, 1e-3, 20),
+        ("SA", 2, 1e-4, 40),
+        ("both", 2, 1e-4, 30),
+    ],
+)
+@pytest.mark.parametrize("device", DEVICES)
+def test_bounded_basis_gives_the_eigenvalues_of_the_full_basis(network, which, k, tol, max_basis, device):
+    A, spectrum = network
+    A = A.to(device)
+    op = DenseOperator(A)
+    full = lanczos(A, k=k, which=which, tol=tol, max_iter=3000)
+    bounded = lanczos(op, k=k, which=which, tol=tol, max_iter=3000, max_basis=max_basis)
+    assert full.restarts == 0 and full.method == "lanczos"
+    assert bounded.restarts > 0 and bounded.method == "thick_restart_lanczos"
+    assert bounded.basis_vectors == max_basis and full.basis_vectors >= full.num_products
+    assert bounded.all_converged and full.all_converged
+    assert op.products == bounded.num_products
+    reference = spectrum[:k] if which == "SA" else spectrum[::-1][:k]
+    for result in (full, bounded):
+        errors = np.abs(np.array(result.eigenvalues) - reference)
+        assert np.all(errors <= np.array(result.error_bounds) * (1 + 1e-9) + 1e-15)
+        assert np.all(errors <= tol * np.abs(reference) + 1e-15)
+        if which == "both":
+            assert abs(result.lambda_min - spectrum[0]) <= result.lambda_min_error_bound + 1e-15
+    # the bounded run pays in products, never in accuracy
+    assert bounded.num_products >= full.num_products
+
+
+def test_bounded_flags_are_honest(network):
+    A, spectrum = network
+    checked = 0
+    for seed in range(6):
+        for tol, k, basis in ((1e-3, 1, 5), (1e-6, 2, 8), (1e-8, 3, 12)):
+            result = lanczos(A, k=k, tol=tol, seed=seed, max_basis=basis, max_iter=2000)
+            checked += assert_honest(result, spectrum[::-1], spectrum)
+        result = lanczos(A, k=1, which="SA", tol=1e-2, seed=seed, max_basis=16, max_iter=2000)
+        checked += assert_honest(result, spectrum, spectrum)
+    assert checked >= 40
+
+
+def test_an_unconverged_bounded_run_reports_its_residual(network):
+    A, spectrum = network
+    result = lanczos(A, k=1, which="SA", tol=1e-6, max_iter=40, max_basis=10)
+    assert result.num_products == 40 and result.restarts > 0
+    assert not result.converged[0] and result.products_to_converge == [None]
+    assert np.abs(spectrum - result.eigenvalues[0]).min() <= result.residuals[0] * (1 + 1e-9)
+
+
+def test_thick_restart_eigenvectors_have_their_residuals(network):
+    A, _ = network
+    result = lanczos(A, k=2, tol=1e-9, max_basis=7, return_eigenvectors=True)
+    assert result.restarts > 0
+    Y = result.eigenvectors
+    assert torch.allclose(Y.T @ Y, torch.eye(2, dtype=torch.float64), atol=1e-10)
+    for i in range(2):
+        r = float((A @ Y[:, i] - result.eigenvalues[i] * Y[:, i]).norm())
+        assert r == pytest.approx(result.residuals[i], rel=1e-3, abs=1e-13)
+
+
+def test_float32_operator_keeps_a_float32_basis_with_float64_arithmetic(network, monkeypatch):
+    from landscape.curvature import eigen
+
+    A, spectrum = network
+    seen = []
+    original = eigen._Basis.__init__
+
+    def spy(self, n, capacity, dtype, device, *args, **kwargs):
+        seen.append(dtype)
+        original(self, n, capacity, dtype, device, *args, **kwargs)
+
+    monkeypatch.setattr(eigen._Basis, "__init__", spy)
+    op = DenseOperator(A.float())
+    result = lanczos(op, k=3, tol=1e-4)
+    bounded = lanczos(op, k=3, tol=1e-4, max_basis=9)
+    assert seen == [torch.float32, torch.float32]
+    for r in (result, bounded):
+        assert relative_errors(r.eigenvalues, spectrum[::-1][:3]).max() < 1e-5
+    # the float64 operator keeps float64 vectors
+    lanczos(DenseOperator(A), k=1)
+    assert seen[-1] == torch.float64
+
+
+def test_host_basis_and_wrappers(network):
+    A, spectrum = network
+    base = lanczos(A, k=1, tol=1e-8)
+    host = lanczos(A, k=1, tol=1e-8, basis_device="host")
+    assert host.eigenvalues == base.eigenvalues
+    assert lambda_max(A, tol=1e-8) == base
+    assert top_eigenvalues(A, 3, tol=1e-8).eigenvalues == lanczos(A, k=3, tol=1e-8).eigenvalues
+    small = lambda_min(A, tol=1e-2)
+    assert small.which == "SA" and small.eigenvalues[0] == pytest.approx(spectrum[0], rel=1e-2)
+    with pytest.raises(ValueError, match="basis_device"):
+        lanczos(A, basis_device="disk")
+
+
+def test_memory_budget_bounds_the_basis_or_fails_in_one_line(network):
+    A, spectrum = network
+    n = A.shape[0]
+    per_vector = 8 * n
+
+    def working(steps: int) -> int:  # two float64 vectors and the basis's float64 chunk buffer
+        return 2 * 8 * n + 8 * chunk_numbers("cpu")
+
+    assert basis_capacity(DenseOperator(A), 300, 5, memory_budget=working(300) + 300 * per_vector) == 300
+    assert basis_capacity(DenseOperator(A), 300, 5, memory_budget=working(300) + 12 * per_vector) == 12
+    # max_iter=2000 asks for min(2000, n) = 400 steps
+    result = lanczos(
+        A, k=1, which="SA", tol=1e-2, max_iter=2000, memory_budget=working(400) + 30 * per_vector
+    )
+    assert result.basis_vectors == 30 and result.restarts > 0 and result.converged[0]
+    assert result.eigenvalues[0] == pytest.approx(spectrum[0], rel=1e-2)
+    with pytest.raises(UserError) as info:
+        lanczos(A, k=1, memory_budget=working(60) + 2 * per_vector)
+    assert "Krylov vectors" in str(info.value) and "memory budget" in str(info.value)
+    assert "\n" not in str(info.value)
+    with pytest.raises(ValueError, match="max_basis"):
+        lanczos(A, k=2, max_basis=4)
+    with pytest.raises(ValueError, match="full basis"):
+        lanczos(A, k=2, block_size=2, max_basis=10)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kind", ["mlp", "cnn", "lm"])
+def test_full_and_bounded_bases_on_network_hessians_match_dense_references(kind, device):
+    """Hessians of an MLP, a CNN and a transformer (LayerNorm, GELU, attention), every route,
+    full and thick-restart bases, against the eigenvalues of the dense float64 Hessian."""
+    model, (x, y), loss = tiny_case(kind)
+    reference = Problem(model, (x, y), loss, dtype=torch.float64)
+    spectrum = torch.linalg.eigvalsh(dense_hessian(reference, x, y)).numpy()
+    problem = Problem(model, (x, y), loss, dtype=torch.float64, device=device)
+    for method in ("reuse", "forward-over-reverse", "double-backward"):
+        H = HessianOperator(problem, method=method)
+        for basis in (None, 9):
+            top = top_eigenvalues(H, 2, tol=1e-8, max_iter=1000, max_basis=basis)
+            bottom = lambda_min(H, tol=1e-6, max_iter=2000, max_basis=basis)
+            assert top.all_converged and bottom.all_converged, (method, basis)
+            assert relative_errors(top.eigenvalues, spectrum[::-1][:2]).max() < 1e-7
+            assert abs(bottom.eigenvalues[0] - spectrum[0]) <= 1e-6 * abs(spectrum[0])
+            assert (top.restarts > 0) == (basis is not None)
+
+
+def trained_digits_mlp(steps: int = 60) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    """The built-in digits MLP after a few full-batch AdamW steps (a trained-looking spectrum)."""
+    from landscape.data import load_data
+    from landscape.models import build_model
+
+    torch.manual_seed(0)
+    data = load_data("digits")
+    model = build_model("mlp")
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(steps):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(data.x), data.y).backward()
+        opt.step()
+    return model, data.x, data.y
+
+
+def test_lambda_max_of_the_digits_mlp_in_at_most_ten_products():
+    """The cheap path: sharpness of the built-in digits MLP at tol 1e-3 in <= 10 products, with
+    its residual and error bound, against a tight full-basis reference."""
+    model, x, y = trained_digits_mlp()
+    H = HessianOperator(Problem(model, (x, y)))
+    reference = lanczos(H, k=1, tol=1e-7, max_iter=200).eigenvalues[0]
+    for seed in range(3):
+        before = H.products
+        result = lambda_max(H, tol=1e-3, seed=seed)
+        assert result.converged[0] and result.num_products <= 10
+        assert H.products - before == result.num_products
+        assert result.residuals[0] > 0 and result.error_bounds[0] <= 1e-3 * result.eigenvalues[0]
+        assert abs(result.eigenvalues[0] - reference) <= max(result.error_bounds[0], 1e-3 * reference)

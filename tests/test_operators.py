@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from helpers import dense_ggn, dense_gradient, dense_hessian, rel, tiny_case
+from helpers import DEVICES, dense_ggn, dense_gradient, dense_hessian, rel, tiny_case
 from landscape.curvature.linear_operator import DenseOperator
 from landscape.curvature.operators import (
     BlockOperator,
@@ -22,19 +22,28 @@ KINDS = ["mlp", "cnn", "lm", "mse"]
 HVP_METHODS = ["reuse", "forward-over-reverse", "double-backward"]
 
 
-@pytest.fixture(scope="module", params=KINDS)
+@pytest.fixture(
+    scope="module",
+    params=[(kind, device) for kind in KINDS for device in DEVICES],
+    ids=[f"{kind}-{device}" for kind in KINDS for device in DEVICES],
+)
 def case(request):
-    model, (x, y), loss = tiny_case(request.param)
-    problem = Problem(model, (x, y), loss, dtype=torch.float64)
+    """A tiny float64 problem on each device this machine has, with dense CPU references."""
+    kind, device = request.param
+    model, (x, y), loss = tiny_case(kind)
+    reference = Problem(model, (x, y), loss, dtype=torch.float64)
+    problem = Problem(model, (x, y), loss, dtype=torch.float64, device=device)
     return {
-        "kind": request.param,
+        "kind": kind,
+        "device": device,
         "model": model,
         "x": x,
         "y": y,
         "loss": loss,
         "problem": problem,
-        "H": dense_hessian(problem, x, y),
-        "G": dense_ggn(problem, x, y),
+        "reference": reference,
+        "H": dense_hessian(reference, x, y),
+        "G": dense_ggn(reference, x, y),
     }
 
 
@@ -65,7 +74,7 @@ def test_symmetry(case, method):
     H = HessianOperator(case["problem"], method=method)
     g = torch.Generator().manual_seed(1)
     u, v = torch.randn(2, H.n, generator=g, dtype=torch.float64)
-    assert abs(float(u @ H.matvec(v)) - float(H.matvec(u) @ v)) < 1e-12 * float(
+    assert abs(float(u @ H.matvec(v).cpu()) - float(H.matvec(u).cpu() @ v)) < 1e-12 * float(
         u.norm() * v.norm() * case["H"].abs().max()
     )
 
@@ -73,7 +82,9 @@ def test_symmetry(case, method):
 @pytest.mark.parametrize("batch_size", [1, 5])
 def test_batch_size_invariance(case, batch_size):
     x, y = case["x"], case["y"]
-    chunked = Problem(case["model"], (x, y), case["loss"], batch_size=batch_size, dtype=torch.float64)
+    chunked = Problem(
+        case["model"], (x, y), case["loss"], batch_size=batch_size, dtype=torch.float64, device=case["device"]
+    )
     assert len(chunked.batches) > 1
     V = torch.randn(chunked.num_params, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     whole = case["problem"]
@@ -85,11 +96,14 @@ def test_batch_size_invariance(case, batch_size):
 
 
 def test_gradient_matches_reference(case):
-    assert rel(case["problem"].gradient(), dense_gradient(case["problem"], case["x"], case["y"])) < 1e-12
+    reference = dense_gradient(case["reference"], case["x"], case["y"])
+    assert rel(case["problem"].gradient(), reference) < 1e-12
 
 
 def test_float32_agrees_with_float64(case):
-    p32 = Problem(case["model"], (case["x"], case["y"]), case["loss"], dtype=torch.float32)
+    p32 = Problem(
+        case["model"], (case["x"], case["y"]), case["loss"], dtype=torch.float32, device=case["device"]
+    )
     V = torch.randn(p32.num_params, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
     for method in HVP_METHODS:
         hv = HessianOperator(p32, method=method).matmat(V.float()).double()
@@ -101,7 +115,14 @@ def test_float32_agrees_with_float64(case):
 def test_parameter_subset_and_blocks(case):
     problem = case["problem"]
     name = problem.param_names[0]
-    sub = Problem(case["model"], (case["x"], case["y"]), case["loss"], params=[name], dtype=torch.float64)
+    sub = Problem(
+        case["model"],
+        (case["x"], case["y"]),
+        case["loss"],
+        params=[name],
+        dtype=torch.float64,
+        device=case["device"],
+    )
     sl = problem.blocks()[0][1]
     ref_block = case["H"][sl, sl]
     assert rel(HessianOperator(sub).to_dense(), ref_block) < 1e-12
@@ -117,7 +138,12 @@ def test_block_products_confined_to_the_block_match_the_dense_hessian(case, meth
     unaligned slice take the block of a full product. Both agree with the dense Hessian, and the
     confined route really is taken where it applies (the full product is made unavailable)."""
     problem = Problem(
-        case["model"], (case["x"], case["y"]), case["loss"], batch_size=batch_size, dtype=torch.float64
+        case["model"],
+        (case["x"], case["y"]),
+        case["loss"],
+        batch_size=batch_size,
+        dtype=torch.float64,
+        device=case["device"],
     )
     assert (len(problem.batches) > 1) == (batch_size is not None)
     H = HessianOperator(problem, method=method)
@@ -146,7 +172,7 @@ def test_operator_algebra_and_scipy_view(case):
     combo = 2.0 * H - G
     v = torch.randn(problem.num_params, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
     assert rel(combo.matvec(v), (2 * case["H"] - case["G"]) @ v) < 1e-12
-    sv = H.to_scipy().matvec(v.numpy())
+    sv = H.to_scipy().matvec(v.numpy())  # numpy in, numpy out: from any device
     assert rel(torch.from_numpy(sv), case["H"] @ v) < 1e-12
 
 
@@ -194,7 +220,11 @@ def test_auto_reuses_graphs_when_they_fit_and_streams_otherwise():
     model, (x, y), loss = tiny_case("mlp")
     problem = Problem(model, (x, y), loss, dtype=torch.float64)
     assert HessianOperator(problem).method == "reuse"
-    assert HessianOperator(problem, memory_budget=0).method == "forward-over-reverse"
+    streaming = HessianOperator(problem, memory_budget=0)
+    # no room for graphs: the faster streaming route, timed on the first chunk
+    assert set(streaming.route_seconds) == {"forward-over-reverse", "double-backward"}
+    assert streaming.method == min(streaming.route_seconds, key=streaming.route_seconds.get)
+    assert streaming._graphs is None
     assert GGNOperator(problem, memory_budget=0).method == "stream"
 
 
@@ -223,3 +253,72 @@ def test_problem_errors():
         Problem(model, (x, y), loss, params="nothing_like_this")
     with pytest.raises(UserError, match="empty"):
         Problem(model, (x[:0], y[:0]), loss)
+
+
+def test_ggn_stream_single_columns_match_the_explicit_jacobian(case):
+    """One or two columns take the dual-number route (outputs and J v in one forward pass), three
+    or more the vmapped one; both are exact."""
+    G = GGNOperator(case["problem"], method="stream")
+    V = torch.randn(G.n, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    assert rel(G.matvec(V[:, 0]), case["G"] @ V[:, 0]) < 1e-12
+    assert G._dual_works is True
+    assert rel(G.matmat(V[:, :2]), case["G"] @ V[:, :2]) < 1e-12
+    assert rel(G.matmat(V), case["G"] @ V) < 1e-12
+    assert G.products == 6
+
+
+def test_products_live_on_the_problem_device_and_the_data_on_the_host(case):
+    problem = case["problem"]
+    device = torch.device(case["device"])
+    assert problem.device.type == device.type
+    assert all(p.device.type == device.type for p in problem.params.values())
+    for batch in problem.batches:  # the data stays where it was given (the host)
+        assert batch.targets.device.type == "cpu"
+        moved = problem.device_batch(batch)
+        assert moved.targets.device.type == device.type
+        if device.type == "cpu":
+            assert moved is batch
+    for op in (HessianOperator(problem), GGNOperator(problem)):
+        out = op.matvec(torch.ones(op.n, dtype=torch.float64))
+        assert out.device.type == device.type and op.device.type == device.type
+    assert problem.describe()["device"] == str(problem.device)
+
+
+def test_device_names_resolve_or_fail_with_one_line():
+    from landscape.distributed import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device(None) == resolve_device("auto")
+    with pytest.raises(UserError, match="invalid device 'gpu'"):
+        resolve_device("gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="CUDA is not available"):
+            resolve_device("cuda:0")
+        model, (x, y), loss = tiny_case("mlp")
+        with pytest.raises(UserError, match="CUDA is not available"):
+            Problem(model, (x, y), loss, device="cuda")
+    else:
+        with pytest.raises(UserError, match="CUDA device"):
+            resolve_device(f"cuda:{torch.cuda.device_count()}")
+
+
+def test_auto_device_under_torchrun_is_the_local_rank_gpu(monkeypatch):
+    """With (simulated) CUDA, each torchrun process resolves 'auto' and 'cuda' to its LOCAL_RANK GPU."""
+    from landscape import distributed
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    assert distributed.resolve_device("auto") == torch.device("cuda", 2)
+    assert distributed.resolve_device("cuda") == torch.device("cuda", 2)
+    assert distributed.resolve_device("cuda:1") == torch.device("cuda", 1)
+    monkeypatch.setenv("LOCAL_RANK", "5")  # more processes than GPUs: shared round-robin
+    assert distributed.resolve_device("auto") == torch.device("cuda", 1)
+    monkeypatch.delenv("LOCAL_RANK")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert distributed.resolve_device("auto") == torch.device("cuda", 0)
+    with pytest.raises(UserError, match="4 CUDA device"):
+        distributed.resolve_device("cuda:4")
