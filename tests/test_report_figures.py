@@ -73,6 +73,8 @@ def _run(i: int, method: str, scale: float, stderr: float = 0.5) -> RunData:
                 "ggn_trace_stderr": stderr / 2,
                 "functional_trace": 4.0 + 0.4 * scale * step,
                 "functional_trace_stderr": stderr,
+                "gradient_noise_trace": 5.0 + 2 * scale * step,
+                "gradient_noise_trace_stderr": stderr,
                 "tau_logit": 0.8,
                 "tau_func": 0.1,
                 "tau_cross": 0.1,

@@ -48,6 +48,9 @@ METHOD = "gradient_noise_method"
 SAMPLES = "gradient_noise_samples"
 PROBES = "gradient_noise_probes"
 
+UNIT = "loss² / param²"
+"""tr(V) is a sum of squared gradient entries."""
+
 SEEDS = SeedStream.named("noise")
 """The sketch's Rademacher probes (the exact method draws none)."""
 
