@@ -147,7 +147,7 @@ def test_close_values_are_never_a_bare_one_times():
 # Resolved or not
 
 
-# two runs whose traces differ by less than two combined standard errors (the case)
+# two runs whose traces differ by less than two combined standard errors (the case a reader must not be told is resolved)
 CLOSE = dict(
     trace=[15.23, 15.78],
     trace_stderr=[0.5, 0.5],  # gap 0.55 < 2 * hypot(0.5, 0.5) = 1.41
