@@ -207,7 +207,7 @@ def _curve_panels(
         rows = max(math.ceil(len(panels) / cols), 1)
         fig, axes = plt.subplots(rows, cols, figsize=(width, 3.5 * rows), squeeze=False)
         for ax in axes.ravel()[len(panels) :]:
-            ax.set_visible(False)
+            fig.delaxes(ax)  # an odd number of panels: no empty axes left in the figure
     for p, (key, error, ylabel, title) in enumerate(panels):
         values = _values(runs, read, key)
         if small:
