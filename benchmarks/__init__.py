@@ -1,5 +1,5 @@
 """Side-by-side benchmarks of landscape's curvature engine against PyHessian, curvlinops and
-hessian-eigenthings (issue 6).
+hessian-eigenthings.
 
 Entry point: ``python -m benchmarks run [--quick] [--out benchmarks/results.md]``. Each workload
 runs in its own process (``python -m benchmarks.curvature WORKLOAD``) with one torch thread, and

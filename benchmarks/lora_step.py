@@ -1,4 +1,4 @@
-"""Per-step cost of ``fmlora`` and ``efmlora`` as a ratio to the plain ``lora`` step (issue 7).
+"""Per-step cost of ``fmlora`` and ``efmlora`` as a ratio to the plain ``lora`` step.
 
 Run: ``.venv/bin/python benchmarks/lora_step.py [--repeats 15] [--steps 5] [--threads 1]``.
 
@@ -17,7 +17,7 @@ A step is ``rule.compute_gradient(...)`` plus one AdamW ``step()`` on the adapte
 
 Rules are timed in interleaved rounds (every rule once per round, ``--steps`` steps each), so slow
 drifts of the machine hit all rules alike; the table gives the median over rounds. Prints a
-markdown table. Targets from issue 7: efmlora <= 1.2x lora, fmlora about 2x.
+markdown table. Targets: efmlora <= 1.2x lora, fmlora about 2x.
 
 ``--finetune`` instead runs the fine-tuning comparison of ``docs/lora.md``: the built-in LM
 pre-trained on the first 90% of the built-in text corpus (AdamW, lr 3e-3, batch 32 x 64), then
@@ -214,7 +214,7 @@ def main() -> None:
         ]
         print("| " + " | ".join(cells) + " |")
     print()
-    print("Targets (issue 7): " + ", ".join(f"{k} {v}x lora" for k, v in TARGETS.items()) + ".")
+    print("Targets: " + ", ".join(f"{k} {v}x lora" for k, v in TARGETS.items()) + ".")
 
 
 if __name__ == "__main__":

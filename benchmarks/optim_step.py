@@ -7,7 +7,7 @@ built-in MLP (64 -> 64 -> 64 -> 10, tanh; digits-sized inputs, batch 128) and th
 transformer LM (2 layers, d_model 32, vocab 256, batch 16 x 64 tokens). Rules are timed in
 interleaved rounds (every rule once per round, ``--steps`` steps each), so slow drifts of the
 machine hit all rules alike; the table reports the median over rounds. Prints a markdown table.
-Targets from issue 3: SAM family <= 2.1x AdamW, angle-sam <= 2.6x, fsgld <= 1.15x SGD.
+Targets: SAM family <= 2.1x AdamW, angle-sam <= 2.6x, fsgld <= 1.15x SGD.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ RULES: dict[str, str] = {
     "sgd+2draws": "sgd",
 }
 
-# table rows: (rule, baseline rule of the ratio, issue-3 target or None)
+# table rows: (rule, baseline rule of the ratio, target or None)
 ROWS: list[tuple[str, str, float | None]] = [
     ("sam", "adamw", 2.1),
     ("asam", "adamw", 2.1),

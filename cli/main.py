@@ -47,6 +47,7 @@ from landscape.bounds import (
 )
 from landscape.errors import UserError, one_line, write_error
 from landscape.metrics import names as metric_names  # the declarations only: no torch here
+from landscape.metrics import option_defaults as metric_options
 
 app = typer.Typer(
     name="landscape",
@@ -106,6 +107,18 @@ def analyze(
     dtype: Annotated[str, typer.Option(help="float32 or float64")] = "float32",
     seed: Annotated[int, bounded(SEED, "seeds model init and every random probe")] = 0,
     metrics: Annotated[str, typer.Option(help=f"comma list of {','.join(metric_names())}, or all")] = "all",
+    option: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--option",
+            help="a metric's own option NAME=VALUE, repeatable (defaults: "
+            + ", ".join(
+                f"{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}"
+                for k, v in metric_options().items()
+            )
+            + ")",
+        ),
+    ] = None,
     top_k: Annotated[int, bounded(TOP_K, "number of top eigenvalues")] = 5,
     trace_method: Annotated[str, typer.Option(help="xtrace, hutchpp or hutchinson")] = "xtrace",
     trace_samples: Annotated[int, bounded(TRACE_SAMPLES, "operator products per trace estimate")] = 96,
@@ -138,19 +151,20 @@ def analyze(
     debug: Annotated[bool, typer.Option(help="show tracebacks")] = False,
 ) -> None:
     """Measure the curvature of a checkpoint with the chosen metrics (default: all: eigenvalues,
-    traces, GGN / functional-Hessian split, tau, spectral densities and per-layer values). Writes
-    OUT/analysis.json, layers.csv, density.png."""
+    traces, gradient-noise trace tr(V), m-sharpness S_m, GGN / functional-Hessian split, tau,
+    spectral densities and per-layer values). Writes OUT/analysis.json, layers.csv, density.png."""
     del debug  # read by main(): it decides whether tracebacks are shown
 
     from landscape.analysis import analyze as run_analysis
     from landscape.dtypes import parse_dtype
-    from landscape.metrics import parse_metrics
+    from landscape.metrics import parse_metrics, parse_options
     from landscape.resolve import resolve_inputs
     from landscape.runs import dumps_json, ensure_writable_dir, write_analysis
 
     leader = leader_process()  # under torchrun: every rank analyses its shard, rank 0 writes
     torch_dtype = parse_dtype(dtype)
     chosen = parse_metrics(metrics)
+    options = parse_options(option)
     if samples is not None and samples < 1:
         raise UserError(f"--samples must be positive, got {samples}")
     output = Output.parse(quiet, log_format, leader, json_output)
@@ -187,6 +201,7 @@ def analyze(
             hvp_method=hvp_method,
             seed=seed,
             progress=report,
+            **options,
         )
         context = inputs.context() | {"seed": seed, "params": params}
         if not leader:

@@ -68,6 +68,16 @@ ANALYSIS_KEYS = [
     "trace_stderr",
     "trace_method",
     "trace_products",
+    "gradient_noise_trace",
+    "gradient_noise_trace_stderr",
+    "gradient_noise_method",
+    "gradient_noise_samples",
+    "gradient_noise_probes",
+    "m_sharpness_m",
+    "m_sharpness_values",
+    "m_sharpness_stderr",
+    "m_sharpness_rho",
+    "m_sharpness_draws",
     "ggn_lambda_max",
     "ggn_lambda_max_residual",
     "ggn_trace",
@@ -109,6 +119,11 @@ DIAGNOSTIC_KEYS = [
     "lambda_max_residual",
     "trace",
     "trace_stderr",
+    "gradient_noise_trace",
+    "gradient_noise_trace_stderr",
+    "m_sharpness_m",
+    "m_sharpness_values",
+    "m_sharpness_stderr",
     "ggn_lambda_max",
     "ggn_trace",
     "ggn_trace_stderr",
@@ -189,7 +204,7 @@ def test_the_grep_finds_a_spelled_key():
 
 
 def test_builtin_metrics_their_keys_and_order_are_those_of_analysis_json():
-    assert registry.names() == ("eigen", "trace", "ggn", "tau", "density", "layers")
+    assert registry.names() == ("eigen", "trace", "noise", "m_sharpness", "ggn", "tau", "density", "layers")
     assert METRICS == registry.names() and list(METRICS) == list(registry.names())
     model, data, loss = tiny_case("mlp", n=12)
     result = analyze(model, data, loss, trace_samples=6, layer_samples=4, density_steps=4, top_k=2, seed=1)
@@ -198,7 +213,15 @@ def test_builtin_metrics_their_keys_and_order_are_those_of_analysis_json():
     assert list(result.layers_frame().columns) == LAYER_COLUMNS
     assert result.metrics == registry.names()
     assert list(registry.diagnostic_keys()) == DIAGNOSTIC_KEYS
-    assert registry.diagnostic_budget() == {"top_k": 1, "tol": 1e-2, "max_iter": 20, "trace_samples": 24}
+    assert registry.diagnostic_budget() == {
+        "top_k": 1,
+        "tol": 1e-2,
+        "max_iter": 20,
+        "trace_samples": 24,
+        "noise_probes": 16,
+        "noise_memory_budget": 1 << 28,
+        "m_draws": 2,
+    }
     # every metric's cost is counted, and adds up to the analysis's
     assert sum(o.hessian_products for o in result.outcomes.values()) == result.hvp_count
     assert sum(o.ggn_products for o in result.outcomes.values()) == result.ggn_count

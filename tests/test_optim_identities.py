@@ -1,6 +1,6 @@
 """First-order identities of the SAM family, checked through the curvature engine.
 
-With eps* = g / ||g||, to first order in rho (seed 002 Eq. 7, 10 and 20):
+With eps* = g / ||g||, to first order in rho (Singh, Mobahi, Agarwala & Dauphin 2025, arXiv 2502.02407, Eq. 7, 10 and 20):
 
     (g_sam       - g) / rho -> H   eps*      (full Hessian)
     (g_func_sam  - g) / rho -> H_F eps*      (functional Hessian, H - G)

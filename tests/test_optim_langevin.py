@@ -117,7 +117,8 @@ def test_fsgld_gradient_on_quartic_includes_the_smoothing_term():
 def test_fsgld_sigma_coupling():
     beta = 1e4
     assert fsgld_sigma(beta) == pytest.approx(beta ** (-1.01 / 4))
-    assert fsgld_sigma(1e-8**-1, eta=0.01) == pytest.approx(9.55e-3, rel=1e-3)  # seed 000's README example
+    # beta = 1e8, eta = 0.01: sigma = 1e8 ** (-1.01 / 4) (Bruno, Hwang, An, Sabanis & Lim 2025, arXiv 2510.02174)
+    assert fsgld_sigma(1e-8**-1, eta=0.01) == pytest.approx(9.55e-3, rel=1e-3)
     opt = SGLD([nn.Parameter(torch.zeros(1))], lr=0.1, beta=beta)
     assert FSGLD().current_sigma(opt) == pytest.approx(fsgld_sigma(beta))
     assert FSGLD(beta=100.0, eta=0.5).current_sigma() == pytest.approx(100.0 ** (-1.5 / 4))

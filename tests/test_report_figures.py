@@ -73,6 +73,8 @@ def _run(i: int, method: str, scale: float, stderr: float = 0.5) -> RunData:
                 "ggn_trace_stderr": stderr / 2,
                 "functional_trace": 4.0 + 0.4 * scale * step,
                 "functional_trace_stderr": stderr,
+                "gradient_noise_trace": 5.0 + 2 * scale * step,
+                "gradient_noise_trace_stderr": stderr,
                 "tau_logit": 0.8,
                 "tau_func": 0.1,
                 "tau_cross": 0.1,
@@ -145,7 +147,7 @@ def test_close_values_are_never_a_bare_one_times():
 # Resolved or not
 
 
-# two runs whose traces differ by less than two combined standard errors (the case)
+# two runs whose traces differ by less than two combined standard errors (the case a reader must not be told is resolved)
 CLOSE = dict(
     trace=[15.23, 15.78],
     trace_stderr=[0.5, 0.5],  # gap 0.55 < 2 * hypot(0.5, 0.5) = 1.41

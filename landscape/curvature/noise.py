@@ -54,9 +54,12 @@ from landscape.problem import Batch, Problem
 __all__ = [
     "DEFAULT_MEMORY_BUDGET",
     "DEFAULT_NUM_PROBES",
+    "MSharpness",
     "NoiseTrace",
     "gradient_noise_trace",
+    "m_sharpness",
     "noise_trace_memory",
+    "partition_order",
 ]
 
 NoiseMethod = Literal["auto", "exact", "sketch"]
@@ -381,4 +384,159 @@ def gradient_noise_trace(
         chunk_size=_max_chunk(problem),
         memory_bytes=_sketch_bytes(problem, block),
         samples=[float(v) for v in samples],
+    )
+
+
+# ------------------------------------------------------------------------------------ m-sharpness
+@dataclass(frozen=True)
+class MSharpness:
+    """``S_m`` for each micro-batch size m (:func:`m_sharpness`): ``m_values``, ``estimates`` and
+    ``stderrs`` in the same order, the radius ``rho``, the random partitions averaged per m
+    (``draws``; 1 where the partition is not random: m = 1 or m >= N) and N (``num_samples``)."""
+
+    m_values: tuple[int, ...]
+    estimates: tuple[float, ...]
+    stderrs: tuple[float, ...]
+    rho: float
+    draws: tuple[int, ...]
+    num_samples: int
+
+
+def partition_order(num_samples: int, seed: int) -> Tensor:
+    """The order of the samples in one random partition of :func:`m_sharpness`: a permutation drawn
+    with a CPU generator seeded with ``seed``; micro-batch c holds ``order[c m : (c + 1) m]``."""
+    return torch.randperm(int(num_samples), generator=seeded_generator(seed))
+
+
+def _cat_inputs(parts: list[Any]) -> Any:
+    if isinstance(parts[0], dict):
+        return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+    return torch.cat(parts)
+
+
+def _micro_batch_gap(
+    problem: Problem, rho: float
+) -> Callable[[dict[str, Tensor], Any, Tensor, Tensor], Tensor]:
+    """``(params, x_c, y_c, count_c) -> L_c(theta + rho g_c / ||g_c||) - L_c(theta)`` for one
+    micro-batch (the function ``torch.func.vmap`` maps over micro-batches of equal size)."""
+    from torch.func import grad_and_value
+
+    def mean_loss(params: dict[str, Tensor], x: Any, y: Tensor, count: Tensor) -> Tensor:
+        return problem.loss_function.sum(problem.outputs(params, x), y) / count
+
+    gradient = grad_and_value(mean_loss)
+
+    def gap(params: dict[str, Tensor], x: Any, y: Tensor, count: Tensor) -> Tensor:
+        grads, clean = gradient(params, x, y, count)
+        norm_sq = sum(g.to(torch.float64).pow(2).sum() for g in grads.values())
+        scale = (rho / torch.sqrt(norm_sq).clamp_min(torch.finfo(torch.float64).tiny)).to(problem.dtype)
+        moved = {n: p + scale * grads[n] for n, p in params.items()}
+        return (mean_loss(moved, x, y, count) - clean).to(torch.float64)
+
+    return gap
+
+
+def m_sharpness(
+    problem: Problem,
+    m_values: tuple[int, ...] | list[int],
+    *,
+    rho: float = 0.05,
+    draws: int = 4,
+    seed: int = 0,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+) -> MSharpness:
+    """The m-sharpness ``S_m`` of ``problem`` for each micro-batch size m in ``m_values``.
+
+    For a partition of the N samples (those with a counted target) into micro-batches c of
+    ``n_c = m`` samples (the last one may be smaller)::
+
+        S_m = sum_c (n_c / N) [L_c(theta + rho g_c / ||g_c||) - L_c(theta)],   g_c = grad L_c(theta),
+
+    ``L_c`` the mean loss over micro-batch c's counted targets: the worst-case loss increase within
+    radius ``rho`` of each micro-batch, taken to first order (one normalised-gradient ascent step,
+    as SAM does), averaged over the data. Andriushchenko & Flammarion (2022, arXiv 2206.06232,
+    Sec. 3) define m-sharpness as the expectation of that increase over random training subsets of
+    size m; Foret, Kleiner, Mobahi & Neyshabur (2021, arXiv 2010.01412, Sec. 4) minimise it with
+    m-SAM; Luo, Harandi, Phung & Le (2025, arXiv 2509.18001) explain why it grows as m shrinks
+    (smaller micro-batches have noisier, longer gradients: to first order the gap is
+    ``rho ||g_c||``). The expectation is estimated by ``draws`` random partitions (the samples in
+    the order :func:`partition_order` draws with seeds ``seed``, ``seed + 1``, ...; the same
+    partitions for every m), with the standard error of their mean; m = 1 and m >= N have one
+    partition only (standard error 0). It is the quantity :func:`landscape.optim.sharpness.m_sharpness`
+    computes for consecutive micro-batches of a module, here on the problem's function of the
+    parameters (eval mode, its dtype and parameter subset), vectorised over micro-batches by
+    ``torch.func.vmap`` in chunks whose per-micro-batch gradients fit ``memory_budget`` bytes.
+    Data-parallel problems: each process partitions its own samples; the sums are all-reduced.
+    """
+    from torch.func import vmap
+
+    ms = tuple(int(m) for m in m_values)
+    if not ms or any(m < 1 for m in ms):
+        raise UserError(f"the micro-batch sizes of m-sharpness must be positive integers, got {list(ms)}")
+    if not (rho > 0 and math.isfinite(rho)):
+        raise UserError(f"the m-sharpness radius rho must be positive, got {rho}")
+    if draws < 1:
+        raise UserError(f"m-sharpness needs at least one random partition, got {draws}")
+    if memory_budget <= 0:
+        raise UserError(f"the memory budget must be positive, got {memory_budget}")
+    chunks = _chunks(problem, _max_chunk(problem))
+    if not chunks:
+        raise UserError("no sample has a counted target: m-sharpness is undefined")
+    inputs = _cat_inputs([c[0] for c in chunks])
+    targets = torch.cat([c[1] for c in chunks])
+    counts = torch.cat([c[2] for c in chunks]).to(device=problem.device, dtype=problem.dtype)
+    n = len(targets)
+    params = {k: p.detach() for k, p in problem.params.items()}
+    gap = _micro_batch_gap(problem, float(rho))
+    batched = vmap(gap, in_dims=(None, 0, 0, 0))
+    per_group = 3 * problem.num_params * _itemsize(problem) + 16 * _largest_block(problem)
+    largest = _max_chunk(problem)
+
+    def grouped(x: Any, size: int, groups: int) -> Any:
+        if isinstance(x, dict):
+            return {k: v.reshape(groups, size, *v.shape[1:]) for k, v in x.items()}
+        return x.reshape(groups, size, *x.shape[1:])
+
+    def one_partition(order: Tensor, m: int) -> tuple[float, float]:
+        order = order.to(targets.device)
+        xs, ys, cs = _take(inputs, order), targets[order], counts[order]
+        full = (n // m) * m
+        total = torch.zeros((), dtype=torch.float64, device=problem.device)
+        step = max(1, min(largest // m if m <= largest else 1, int(memory_budget) // per_group))
+        for start in range(0, full, step * m):
+            stop = min(start + step * m, full)
+            groups = (stop - start) // m
+            x = grouped(_slice_inputs(xs, start, stop), m, groups)
+            y = ys[start:stop].reshape(groups, m, *ys.shape[1:])
+            c = cs[start:stop].reshape(groups, m).sum(1)
+            total += float(m) * batched(params, x, y, c).sum()
+        if full < n:
+            total += float(n - full) * gap(params, _slice_inputs(xs, full, n), ys[full:], cs[full:].sum())
+        both = problem.all_reduce_(
+            torch.stack([total, torch.tensor(float(n), dtype=torch.float64, device=problem.device)])
+        )
+        return float(both[0]), float(both[1])
+
+    estimates, stderrs, used = [], [], []
+    orders: list[Tensor] = []
+    for m in ms:
+        random = 1 < m < n
+        count = int(draws) if random else 1
+        while len(orders) < count:
+            orders.append(partition_order(n, seed + len(orders)))
+        values = []
+        for r in range(count):
+            weighted, total = one_partition(orders[r] if random else torch.arange(n), m)
+            values.append(weighted / total)
+        sample = torch.tensor(values, dtype=torch.float64)
+        estimates.append(float(sample.mean()))
+        stderrs.append(float(sample.std()) / math.sqrt(count) if count > 1 else 0.0)
+        used.append(count)
+    return MSharpness(
+        m_values=ms,
+        estimates=tuple(estimates),
+        stderrs=tuple(stderrs),
+        rho=float(rho),
+        draws=tuple(used),
+        num_samples=n,
     )

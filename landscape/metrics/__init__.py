@@ -4,6 +4,8 @@ Built in, in order (``--metrics`` chooses among them; each costs only its own pr
 
 * ``eigen`` (:mod:`~landscape.metrics.eigen`): top-k eigenvalues of H and lambda_min;
 * ``trace`` (:mod:`~landscape.metrics.trace`): tr(H) with a standard error;
+* ``noise`` (:mod:`~landscape.metrics.noise`): the gradient-noise trace tr(V);
+* ``m_sharpness`` (:mod:`~landscape.metrics.msharpness`): S_m for a list of micro-batch sizes m;
 * ``ggn`` (:mod:`~landscape.metrics.ggn`): lambda_max(G), tr(G) and tr(H_F);
 * ``tau`` (:mod:`~landscape.metrics.tau`): the split of the sharpness gradient;
 * ``density`` (:mod:`~landscape.metrics.density`): spectral densities of H, G and H_F;
@@ -17,7 +19,8 @@ constants, its compute function, its seed stream, how it is shown) plus its test
 package registers every module of the package that defines ``METRIC``, in ``order``. Nothing else
 changes: ``analyze`` runs it, ``analysis.json`` holds its keys, ``landscape analyze`` prints its
 rows, the training diagnostics run it when it declares a ``Diagnostic``, and the report shows its
-columns and curves. A metric from elsewhere (a user's package) is added with :func:`register`.
+columns and curves. A metric from elsewhere (a user's package) is added with :func:`register`. A metric's own
+options reach ``landscape analyze`` as ``--option NAME=VALUE`` (:func:`parse_options`).
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ from landscape.metrics.registry import (
     option_defaults,
     output_keys,
     parse_metrics,
+    parse_options,
     record_keys,
     register,
     registered,
@@ -95,6 +99,7 @@ __all__ = [
     "option_defaults",
     "output_keys",
     "parse_metrics",
+    "parse_options",
     "record_keys",
     "register",
     "registered",

@@ -300,7 +300,8 @@ class Curve:
     (consecutive panels "trace of H", "trace of G" read "traces of H, G"). ``figure="split"``: a
     line (``label``, ``color``, ``linestyle``) in each run's panel of the split figure, for shares
     that add up (the tau split). ``error``: the key of the standard error of each point (a
-    diagnostic key too), drawn as a band around the line.
+    diagnostic key too), drawn as a band around the line. ``unit``: the unit on the axis (``None``:
+    the figure's own, loss per squared parameter unit for the curvature figure).
     """
 
     key: str
@@ -311,6 +312,7 @@ class Curve:
     linestyle: str = "-"
     caption: str = ""
     error: str | None = None
+    unit: str | None = None
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ __all__ = [
     "option_defaults",
     "output_keys",
     "parse_metrics",
+    "parse_options",
     "record_keys",
     "register",
     "registered",
@@ -162,6 +163,45 @@ def select(selection: str | Sequence[str] | None) -> tuple[Metric, ...]:
 def option_defaults(chosen: Sequence[Metric] | None = None) -> dict[str, Any]:
     """The metrics' own options and their defaults (of ``chosen``; default: every metric)."""
     return {k: v for m in (metrics() if chosen is None else chosen) for k, v in m.options.items()}
+
+
+def _convert(name: str, text: str, default: Any) -> Any:
+    """``text`` as the type of the option's ``default`` (a tuple or list: comma-separated items of
+    the type of its first item)."""
+    if isinstance(default, tuple | list):
+        kind = type(default[0]) if default else str
+        items = [item.strip() for item in text.split(",") if item.strip()]
+        return tuple(_convert(name, item, kind()) for item in items)
+    try:
+        if isinstance(default, bool):
+            if text.strip().lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(text)
+            return text.strip().lower() in ("true", "1", "yes")
+        if isinstance(default, int):
+            return int(text)
+        if isinstance(default, float):
+            return float(text)
+    except ValueError:
+        raise UserError(f"option {name}: {text!r} is not a {type(default).__name__}") from None
+    return text
+
+
+def parse_options(pairs: Sequence[str] | None) -> dict[str, Any]:
+    """Metric options given as ``NAME=VALUE`` strings (the command line's ``--option``) -> keyword
+    arguments of ``analyze``, each converted to the type of its declared default (a tuple:
+    ``1,4,16``). ``UserError`` for a malformed pair or an option no metric declares."""
+    defaults = option_defaults()
+    out: dict[str, Any] = {}
+    for pair in pairs or ():
+        name, sep, text = pair.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise UserError(f"--option takes NAME=VALUE, got {pair!r}")
+        if name not in defaults:
+            known = ", ".join(defaults) or "none"
+            raise UserError(f"unknown metric option '{name}' (the metrics' options: {known})")
+        out[name] = _convert(name, text, defaults[name])
+    return out
 
 
 # ----------------------------------------------------------------------------------------------

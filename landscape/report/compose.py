@@ -28,7 +28,7 @@ import torch
 
 from landscape import metrics as registry
 from landscape.figures import OUTLIER_TICKS
-from landscape.metrics import tau, trace
+from landscape.metrics import msharpness, noise, tau, trace
 from landscape.metrics.density import DENSITY
 from landscape.provenance import provenance
 from landscape.report.document import (
@@ -223,6 +223,7 @@ def _group_sections(
     )
     parts = [  # in this order: each draws its figures when called
         _curves_section(slug, members),
+        _noise_section(slug, members),
         _density_section(slug, members),
         _landscape_section(slug, members, surfaces, paths),
         _pruning_section(slug, members, prune),
@@ -265,6 +266,46 @@ def _curves_section(slug: str, members: list[RunData]) -> Section:
             )
         )
     return curves
+
+
+def _noise_section(slug: str, members: list[RunData]) -> Section:
+    """The gradient-noise trace tr(V) against tr(H) per run, and S_m against m (from each run's
+    final analysis; over training too when the runs were diagnosed)."""
+    from landscape.report import plots
+
+    section = Section("Gradient noise and m-sharpness", level=3)
+    source = "Luo, Harandi, Phung & Le 2025, arXiv 2509.18001"
+    if any(plots.has_noise_and_trace(r) for r in members):
+        methods = {(r.analysis or {}).get(noise.METHOD) for r in members if plots.has_noise_and_trace(r)}
+        how = (
+            "exact per-sample gradients" if methods == {"exact"} else "exact or sketched per-sample gradients"
+        )
+        section.blocks.append(
+            FigureBlock.from_figure(
+                f"{slug}-noise.png",
+                plots.noise_hessian_figure(members),
+                "Gradient-noise trace tr(V) = (1/N) Σ_i ||g_i − ḡ||², the trace of the per-sample gradient "
+                f"covariance ({how}), against the Hessian trace tr(H): at the final weights (left; bars: "
+                f"± {plots.ERROR_BAND:g} standard errors) and, for diagnosed runs, over training (right). "
+                f"Near a minimum tr(V) tracks tr(H), and SAM lowers tr(V) ({source}, Table 6).",
+            )
+        )
+    if any(plots.has_m_sharpness(r) for r in members):
+        rhos = sorted({(r.analysis or {}).get(msharpness.RHO) for r in members if plots.has_m_sharpness(r)})
+        rho = ", ".join(f"{x:g}" for x in rhos if x is not None)
+        section.blocks.append(
+            FigureBlock.from_figure(
+                f"{slug}-m-sharpness.png",
+                plots.m_sharpness_figure(members),
+                "m-sharpness S_m at the final weights: SAM's first-order loss increase at radius "
+                f"ρ = {rho} on micro-batches of m samples, averaged over random partitions of the analysis "
+                f"data (bars: ± {plots.ERROR_BAND:g} standard errors over the partitions; m = 1 and m ≥ N have "
+                "one partition). It grows as m shrinks (Andriushchenko & Flammarion 2022, arXiv 2206.06232, "
+                f"Sec. 3); the gap between small and large m is the gradient noise that SAM's perturbation "
+                f"regularises ({source}).",
+            )
+        )
+    return section
 
 
 def _multiples_note(members: Sequence[RunData], where: str = "a column") -> str:

@@ -35,6 +35,7 @@ from matplotlib.ticker import LogLocator, NullLocator  # noqa: E402
 
 from landscape import metrics as registry  # noqa: E402
 from landscape.figures import DENSITY_LABELS, mark_nodes  # noqa: E402
+from landscape.metrics import msharpness, noise, trace  # noqa: E402
 from landscape.metrics.density import DENSITY  # noqa: E402
 from landscape.optim.rules import RULES  # noqa: E402
 from landscape.report.runs import RunData  # noqa: E402
@@ -43,6 +44,8 @@ __all__ = [
     "curvature_curves_figure",
     "density_overlay_figure",
     "loss_curves_figure",
+    "m_sharpness_figure",
+    "noise_hessian_figure",
     "path_figure",
     "pruning_figure",
     "rho_sweep_figure",
@@ -204,7 +207,7 @@ def _curve_panels(
         rows = max(math.ceil(len(panels) / cols), 1)
         fig, axes = plt.subplots(rows, cols, figsize=(width, 3.5 * rows), squeeze=False)
         for ax in axes.ravel()[len(panels) :]:
-            ax.set_visible(False)
+            fig.delaxes(ax)  # an odd number of panels: no empty axes left in the figure
     for p, (key, error, ylabel, title) in enumerate(panels):
         values = _values(runs, read, key)
         if small:
@@ -283,7 +286,7 @@ def curvature_curves_figure(runs: Sequence[RunData], title: str = "") -> Figure:
     band of ``ERROR_BAND`` standard errors around every estimated curve (a ``Curve`` with an
     ``error`` key); more than ``SMALL_MULTIPLES_ABOVE`` runs: a row per quantity, a column per run."""
     panels = [
-        (curve.key, curve.error, f"{curve.label} ({CURVATURE_UNIT})", curve.title)
+        (curve.key, curve.error, f"{curve.label} ({curve.unit or CURVATURE_UNIT})", curve.title)
         for curve in registry.curves("curvature")
     ]
     fig = _curve_panels(runs, panels, lambda run: run.diagnostics(), marker=".")
@@ -593,6 +596,130 @@ def rho_sweep_figure(runs: Sequence[RunData], frame: pd.DataFrame, title: str = 
     if log_y:
         ax.set_yscale("log")
     ax.set_ylabel(f"eval loss ({loss_unit(runs)})" + (" (log scale)" if log_y else ""))
+    ax.grid(alpha=0.3)
+    _legend(ax)
+    return _finish(fig, title)
+
+
+def _number(value: Any) -> float | None:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return out if math.isfinite(out) else None
+
+
+def has_noise_and_trace(run: RunData) -> bool:
+    """Whether the run's final analysis holds both tr(V) and tr(H)."""
+    a = run.analysis or {}
+    return _number(a.get(noise.NOISE_TRACE)) is not None and _number(a.get(trace.TRACE)) is not None
+
+
+def noise_hessian_figure(runs: Sequence[RunData], title: str = "") -> Figure:
+    """The gradient-noise trace tr(V) against tr(H), one marker per run at its final weights (its
+    ``analysis.json``, error bars of ``ERROR_BAND`` standard errors) and, when the runs were
+    diagnosed, a second panel with each run's path through (tr(H), tr(V)) over training (the
+    diagnostic records; the last point marked). Near a minimum tr(V) tracks tr(H) (Luo, Harandi,
+    Phung & Le 2025, arXiv 2509.18001)."""
+    styles = run_styles(runs)
+    diagnosed = [
+        r
+        for r in runs
+        if not _series(r.diagnostics(), noise.NOISE_TRACE).empty and trace.TRACE in r.diagnostics()
+    ]
+    cols = 2 if diagnosed else 1
+    fig, axes = plt.subplots(1, cols, figsize=(5.4 * cols, 4.0), squeeze=False)
+    ax = axes[0, 0]
+    xs: list[float] = []
+    ys: list[float] = []
+    for run in runs:
+        if not has_noise_and_trace(run):
+            continue
+        a = run.analysis or {}
+        x, y = float(a[trace.TRACE]), float(a[noise.NOISE_TRACE])
+        xerr = _number(a.get(trace.STDERR)) or 0.0
+        yerr = _number(a.get(noise.STDERR)) or 0.0
+        style = styles[run.label]
+        ax.errorbar(
+            x,
+            y,
+            xerr=ERROR_BAND * xerr,
+            yerr=ERROR_BAND * yerr,
+            fmt="o",
+            color=style["color"],
+            ms=7,
+            capsize=3,
+            label=run_legend(run, runs),
+        )
+        xs.append(x)
+        ys.append(y)
+    xsuffix = auto_scale(ax, xs, "x")
+    ysuffix = auto_scale(ax, ys)
+    ax.set_xlabel(f"tr(H) ({CURVATURE_UNIT}){xsuffix}")
+    ax.set_ylabel(f"tr(V) ({noise.UNIT}){ysuffix}")
+    ax.set_title("final weights (analysis.json)", fontsize=10)
+    ax.grid(alpha=0.3)
+    _legend(ax)
+    if diagnosed:
+        ax = axes[0, 1]
+        xs, ys = [], []
+        for run in diagnosed:
+            part = run.diagnostics()[["step", trace.TRACE, noise.NOISE_TRACE]].dropna()
+            if part.empty:
+                continue
+            style = styles[run.label]
+            ax.plot(
+                part[trace.TRACE],
+                part[noise.NOISE_TRACE],
+                marker=".",
+                lw=1.2,
+                label=run_legend(run, runs),
+                **style,
+            )
+            ax.plot(
+                part[trace.TRACE].iloc[-1], part[noise.NOISE_TRACE].iloc[-1], "o", color=style["color"], ms=7
+            )
+            xs.extend(part[trace.TRACE].tolist())
+            ys.extend(part[noise.NOISE_TRACE].tolist())
+        xsuffix = auto_scale(ax, xs, "x")
+        ysuffix = auto_scale(ax, ys)
+        ax.set_xlabel(f"tr(H) ({CURVATURE_UNIT}){xsuffix}")
+        ax.set_ylabel(f"tr(V) ({noise.UNIT}){ysuffix}")
+        ax.set_title("over training (diagnostics; ● last)", fontsize=10)
+        ax.grid(alpha=0.3)
+    return _finish(fig, title)
+
+
+def has_m_sharpness(run: RunData) -> bool:
+    """Whether the run's final analysis holds S_m."""
+    a = run.analysis or {}
+    return bool(a.get(msharpness.M_VALUES)) and bool(a.get(msharpness.M_SHARPNESS))
+
+
+def m_sharpness_figure(runs: Sequence[RunData], title: str = "") -> Figure:
+    """The m-sharpness S_m against the micro-batch size m (log axis), one line per run from its
+    final analysis, error bars of ``ERROR_BAND`` standard errors over the random partitions
+    (Andriushchenko & Flammarion 2022, arXiv 2206.06232, Sec. 3; Luo, Harandi, Phung & Le 2025,
+    arXiv 2509.18001)."""
+    styles = run_styles(runs)
+    fig, ax = plt.subplots(figsize=(6.2, 4.0))
+    values: list[float] = []
+    for run in runs:
+        if not has_m_sharpness(run):
+            continue
+        a = run.analysis or {}
+        ms = [float(m) for m in a[msharpness.M_VALUES]]
+        s = [float(v) for v in a[msharpness.M_SHARPNESS]]
+        errors = [ERROR_BAND * float(e or 0.0) for e in a.get(msharpness.STDERR) or [0.0] * len(ms)]
+        style = styles[run.label]
+        ax.errorbar(ms, s, yerr=errors, marker="o", capsize=3, lw=1.5, label=run_legend(run, runs), **style)
+        values.extend(s)
+    ax.set_xscale("log", base=2)
+    suffix = auto_scale(ax, values)
+    ax.set_xlabel("micro-batch size m (samples; log scale)")
+    ax.set_ylabel(
+        f"S_m, loss increase at radius ρ ({'nats' if loss_unit(runs) == 'nats' else 'loss'}){suffix}"
+    )
     ax.grid(alpha=0.3)
     _legend(ax)
     return _finish(fig, title)
