@@ -449,7 +449,9 @@ def goals(results: dict[str, dict[str, Any]], optim: dict[str, Any]) -> list[str
                 worst <= o["target"],
             )
     else:
-        row("optimizer step ratios", "see benchmarks/optim_step.py", optim.get("failed", "not measured"), None)
+        row(
+            "optimizer step ratios", "see benchmarks/optim_step.py", optim.get("failed", "not measured"), None
+        )
     lora = optim.get("lora", {})
     if lora.get("rows"):
         worst = max(r["efmlora"] for r in lora["rows"])

@@ -178,6 +178,8 @@ def _analyse(run_dir: Path, plan: DomainPlan, seed: int, report: Progress) -> No
             "max_iter": plan.analysis_max_iter,
             "density_probes": plan.density_probes,
             "density_steps": plan.density_steps,
+            "m_draws": 2,
+            "noise_probes": 16,
         },
         context={"eval_loss": summary.get("eval_loss"), "eval_accuracy": summary.get("eval_accuracy")},
         figures=False,

@@ -221,6 +221,7 @@ def test_builtin_metrics_their_keys_and_order_are_those_of_analysis_json():
         "noise_probes": 16,
         "noise_memory_budget": 1 << 28,
         "m_draws": 2,
+        "m_values": (4, 16),
     }
     # every metric's cost is counted, and adds up to the analysis's
     assert sum(o.hessian_products for o in result.outcomes.values()) == result.hvp_count

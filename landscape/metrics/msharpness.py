@@ -25,7 +25,8 @@ Output keys, lists in the order of ``m_sharpness_m``: ``m_sharpness_m`` (the mic
 ``m_sharpness_rho``, ``m_sharpness_draws`` (partitions per m). Lists rather than one key per m,
 because the m are an option: ``m_sharpness_values[i]`` is ``S_m`` for ``m = m_sharpness_m[i]``.
 
-As a training diagnostic: the three lists, with 2 partitions per m.
+As a training diagnostic: the three lists for m = 4 and 16 (m = 1, one weight set per sample, is
+the costly one and is left to the final analysis), with 2 partitions per m.
 """
 
 from __future__ import annotations
@@ -115,5 +116,5 @@ METRIC = Metric(
     seeds=SEEDS,
     options=OPTIONS,
     rows=(Row("S_m", M_SHARPNESS, note=_note, text=_values),),
-    diagnostic=Diagnostic(keys=(M_VALUES, M_SHARPNESS, STDERR), budget={"m_draws": 2}),
+    diagnostic=Diagnostic(keys=(M_VALUES, M_SHARPNESS, STDERR), budget={"m_draws": 2, "m_values": (4, 16)}),
 )
