@@ -94,7 +94,8 @@ def _quiet_transformers() -> Iterator[Any]:
         import transformers
     except ImportError:
         raise UserError(
-            "loading a Hugging Face folder needs the optional package transformers (pip install transformers)"
+            "loading a Hugging Face folder needs the optional package transformers: "
+            "pip install 'landscape[hf]' (or pip install transformers)"
         ) from None
     logging = transformers.utils.logging
     level = logging.get_verbosity()
@@ -227,7 +228,7 @@ def _build_adapter(folder: Path, dtype: torch.dtype, trust: bool) -> nn.Module:
         import peft
     except ImportError:
         raise UserError(
-            "loading a peft adapter folder needs the optional package peft (pip install peft)"
+            "loading a peft adapter folder needs the optional package peft: pip install peft"
         ) from None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -261,5 +262,7 @@ def load_pretrained_folder(
             "index or pytorch_model.bin; or adapter_config.json)"
         )
     if (folder / _ADAPTER_CONFIG).is_file():
-        return _build_adapter(folder, dtype, trust_checkpoint)
-    return _build_model(folder, dtype, trust_checkpoint)
+        model = _build_adapter(folder, dtype, trust_checkpoint)
+    else:
+        model = _build_model(folder, dtype, trust_checkpoint)
+    return model.eval()  # as from_pretrained returns it: dropout off
