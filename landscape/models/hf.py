@@ -11,7 +11,9 @@ are accepted; every other missing or unexpected tensor is an error.
 
 A peft adapter folder (``adapter_config.json`` + ``adapter_model.safetensors``) is built over its
 base model, which must itself be a local pretrained folder (``base_model_name_or_path``, absolute
-or relative to the adapter folder): nothing is downloaded.
+or relative to the adapter folder): nothing is downloaded. As in the fine-tuning that made it, the
+adapter's parameters require gradients and the base's do not, so curvature is measured in the
+adapter's parameter space.
 
 ``transformers`` and ``peft`` are optional: they are imported only when such a folder is loaded.
 """
@@ -234,6 +236,9 @@ def _build_adapter(folder: Path, dtype: torch.dtype, trust: bool) -> nn.Module:
         warnings.simplefilter("ignore")
         try:
             config = peft.PeftConfig.from_pretrained(str(folder))
+            # as in the fine-tuning: the adapter's parameters trainable, the base frozen (a saved
+            # adapter says inference_mode=True, which would freeze everything)
+            config.inference_mode = False
             model = peft.get_peft_model(base, config)
         except Exception as exc:
             raise UserError(f"cannot build the adapter of {folder}: {one_line(exc, 200)}") from None
