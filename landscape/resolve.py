@@ -200,8 +200,8 @@ def _checkpoint_in_folder(folder: Path) -> Path | None:
             f"run {folder} has not finished (no {FINAL_FILE}): give one of its checkpoints/step-N.pt"
         )
     raise UserError(
-        f"{folder} is neither a landscape run folder ({CONFIG_FILE} and {FINAL_FILE}) nor a Hugging Face "
-        "save_pretrained folder (config.json with model.safetensors, model.safetensors.index.json or "
+        f"checkpoint path is not a file: {folder}, and the folder is neither a landscape run folder "
+        f"({CONFIG_FILE} and {FINAL_FILE}) nor a Hugging Face save_pretrained folder (config.json with model.safetensors, model.safetensors.index.json or "
         "pytorch_model.bin; or a peft adapter_config.json with its adapter weights)"
     )
 

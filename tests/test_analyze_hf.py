@@ -282,11 +282,13 @@ def test_refusals_are_one_line(tmp_path, capsys, data_module, monkeypatch):
     # not a folder of a known kind: empty, or a config.json without weights
     (tmp_path / "empty").mkdir()
     code, _, err = cli(["analyze", tmp_path / "empty", *data, *out], capsys)
-    assert_one_line_error(code, err, "neither a landscape run folder", "save_pretrained folder")
+    assert_one_line_error(
+        code, err, "is not a file", "neither a landscape run folder", "save_pretrained folder"
+    )
     (tmp_path / "noweights").mkdir()
     (tmp_path / "noweights" / "config.json").write_text((tmp_path / "m" / "config.json").read_text())
     code, _, err = cli(["analyze", tmp_path / "noweights", *data, *out], capsys)
-    assert_one_line_error(code, err, "neither a landscape run folder", "model.safetensors")
+    assert_one_line_error(code, err, "is not a file", "neither a landscape run folder", "model.safetensors")
     # the folder builds its own model and needs data
     code, _, err = cli(["analyze", tmp_path / "m", "--model", "mlp", *data, *out], capsys)
     assert_one_line_error(code, err, "drop --model mlp")
