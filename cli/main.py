@@ -92,7 +92,10 @@ def summary_table(result: Any) -> Table:
 def analyze(
     checkpoint: Annotated[
         Path | None,
-        typer.Argument(help="state_dict .pt/.pth/.ckpt, .safetensors or a landscape run's final.pt"),
+        typer.Argument(
+            help="state_dict .pt/.pth/.ckpt, .safetensors, a landscape run's final.pt or run folder, "
+            "or a Hugging Face save_pretrained / peft adapter folder (needs --data)"
+        ),
     ] = None,
     model: Annotated[
         str | None, typer.Option(help="built-in (mlp, cnn, transformer) or package.module:factory")

@@ -11,7 +11,9 @@ are accepted; every other missing or unexpected tensor is an error.
 
 A peft adapter folder (``adapter_config.json`` + ``adapter_model.safetensors``) is built over its
 base model, which must itself be a local pretrained folder (``base_model_name_or_path``, absolute
-or relative to the adapter folder): nothing is downloaded.
+or relative to the adapter folder): nothing is downloaded. As in the fine-tuning that made it, the
+adapter's parameters require gradients and the base's do not, so curvature is measured in the
+adapter's parameter space.
 
 ``transformers`` and ``peft`` are optional: they are imported only when such a folder is loaded.
 """
@@ -94,7 +96,8 @@ def _quiet_transformers() -> Iterator[Any]:
         import transformers
     except ImportError:
         raise UserError(
-            "loading a Hugging Face folder needs the optional package transformers (pip install transformers)"
+            "loading a Hugging Face folder needs the optional package transformers: "
+            "pip install 'landscape[hf]' (or pip install transformers)"
         ) from None
     logging = transformers.utils.logging
     level = logging.get_verbosity()
@@ -227,12 +230,15 @@ def _build_adapter(folder: Path, dtype: torch.dtype, trust: bool) -> nn.Module:
         import peft
     except ImportError:
         raise UserError(
-            "loading a peft adapter folder needs the optional package peft (pip install peft)"
+            "loading a peft adapter folder needs the optional package peft: pip install peft"
         ) from None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
             config = peft.PeftConfig.from_pretrained(str(folder))
+            # as in the fine-tuning: the adapter's parameters trainable, the base frozen (a saved
+            # adapter says inference_mode=True, which would freeze everything)
+            config.inference_mode = False
             model = peft.get_peft_model(base, config)
         except Exception as exc:
             raise UserError(f"cannot build the adapter of {folder}: {one_line(exc, 200)}") from None
@@ -261,5 +267,7 @@ def load_pretrained_folder(
             "index or pytorch_model.bin; or adapter_config.json)"
         )
     if (folder / _ADAPTER_CONFIG).is_file():
-        return _build_adapter(folder, dtype, trust_checkpoint)
-    return _build_model(folder, dtype, trust_checkpoint)
+        model = _build_adapter(folder, dtype, trust_checkpoint)
+    else:
+        model = _build_model(folder, dtype, trust_checkpoint)
+    return model.eval()  # as from_pretrained returns it: dropout off
