@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from helpers import DEVICES, dense_ggn, dense_gradient, dense_hessian, rel, tiny_case
+from landscape.curvature import operators
 from landscape.curvature.linear_operator import DenseOperator
 from landscape.curvature.operators import (
     BlockOperator,
@@ -216,9 +217,10 @@ def test_auto_falls_back_when_forward_mode_is_unsupported():
     assert rel(GGNOperator(problem, method="stream").to_dense(), dense_ggn(problem, x, y)) < 1e-12
 
 
-def test_auto_reuses_graphs_when_they_fit_and_streams_otherwise():
+def test_auto_reuses_graphs_when_they_fit_and_streams_otherwise(monkeypatch):
     model, (x, y), loss = tiny_case("mlp")
     problem = Problem(model, (x, y), loss, dtype=torch.float64)
+    monkeypatch.setattr(operators, "_REUSE_MARGIN", 0.0)  # forward-over-reverse never wins
     assert HessianOperator(problem).method == "reuse"
     streaming = HessianOperator(problem, memory_budget=0)
     # no room for graphs: the faster streaming route, timed on the first chunk
@@ -226,6 +228,27 @@ def test_auto_reuses_graphs_when_they_fit_and_streams_otherwise():
     assert streaming.method == min(streaming.route_seconds, key=streaming.route_seconds.get)
     assert streaming._graphs is None
     assert GGNOperator(problem, memory_budget=0).method == "stream"
+
+
+@pytest.mark.parametrize("case", ["mlp", "lm"])
+def test_auto_times_the_retained_graph_against_forward_over_reverse(case, monkeypatch):
+    """When the graphs fit, auto times one product of each on the first chunk and keeps the
+    retained graph unless forward-over-reverse is clearly faster; either way, exact products."""
+    model, (x, y), loss = tiny_case(case)
+    problem = Problem(model, (x, y), loss, dtype=torch.float64)
+    reference = dense_hessian(problem, x, y)
+    H = HessianOperator(problem)
+    assert set(H.route_seconds) == {"reuse", "forward-over-reverse"}
+    faster = H.route_seconds["forward-over-reverse"] <= operators._REUSE_MARGIN * H.route_seconds["reuse"]
+    assert H.method == ("forward-over-reverse" if faster else "reuse")
+    monkeypatch.setattr(operators, "_REUSE_MARGIN", float("inf"))  # forward-over-reverse always wins
+    forward = HessianOperator(problem)
+    assert forward.method == "forward-over-reverse" and forward._graphs is None
+    assert rel(forward.to_dense(), reference) < 1e-12
+    monkeypatch.setattr(operators, "_REUSE_MARGIN", 0.0)
+    reuse = HessianOperator(problem)
+    assert reuse.method == "reuse" and reuse._graphs is not None
+    assert rel(reuse.to_dense(), reference) < 1e-12
 
 
 def test_reuse_graph_survives_in_place_model_updates():

@@ -19,9 +19,11 @@ Cost of one product in gradients (forward + backward = 3 forward passes F): the 
 retained gradient graph differentiates its forward and backward halves, about 6F = 2x a
 gradient; forward-over-reverse recomputes the gradient with tangents (primal 3F + tangent 6F =
 3x); double-backward rebuilds the graph (3F) and differentiates it (6F) = 3x, with more
-overhead. Measured on a GPT-2 body of 85M parameters, 8 x 64 tokens, 2 CPU threads: 1.9x,
-3.2x and 4.7x one gradient. ``"auto"`` therefore picks reuse when its graphs fit the budget;
-otherwise, when forward-mode AD works on the model (probed on one sample), it times one product
+overhead. Measured on GPT-2 shapes, 8 x 64 tokens, CPU: reuse 1.7-1.9x a gradient up to 3.3M
+parameters, where forward-over-reverse costs 3.4-4.5x; on the 85M body (2 threads) the order
+turns: reuse 2.6x, forward-over-reverse 1.2x (``python -m benchmarks scale``). ``"auto"``
+therefore, when the graphs fit the budget, times one product of both on the first chunk and
+keeps the retained graphs unless forward-over-reverse is clearly (20 %) faster; otherwise, when forward-mode AD works on the model (probed on one sample), it times one product
 of each streaming route on the first chunk and keeps the faster (on small models the
 per-operation overhead of ``torch.func`` can make double-backward the faster one), else
 double-backward. Never ``torch.func.hessian``/jacrev-of-jacrev: in torch 2.13 it is wrong
@@ -54,6 +56,8 @@ from landscape.errors import UserError
 from landscape.problem import Batch, Problem, loss_sum, output_hessian_product
 
 HVP_METHODS = ("auto", "reuse", "forward-over-reverse", "double-backward")
+# forward-over-reverse replaces a retained graph that fits only when it is clearly faster.
+_REUSE_MARGIN = 0.8
 GGN_METHODS = ("auto", "reuse", "stream")
 
 
@@ -131,12 +135,40 @@ class HessianOperator(_CurvatureOperator):
         per_batch = probe.bytes + outputs.numel() * outputs.element_size() + self.n * outputs.element_size()
         if per_batch * len(self.problem.batches) + probe.bytes <= budget:
             self._graphs, self._outputs = [(leaves, grads)], [outputs]
+            if self._forward_mode_works() and self._forward_beats_reuse():
+                self._graphs, self._outputs = None, None
+                return "forward-over-reverse"
             self._build_graphs()
             return "reuse"
         del leaves, grads, outputs
         if not self._forward_mode_works():
             return "double-backward"
         return self._fastest_streaming_route()
+
+    def _forward_beats_reuse(self) -> bool:
+        """Time one single-vector product through the first chunk's retained graph and one by
+        forward-over-reverse on the same chunk; forward-over-reverse is kept only when it takes at most ``_REUSE_MARGIN`` of the reuse time (a clear win, so
+        that the choice does not flip between runs near the crossover). The retained graph wins
+        on small models (measured 1.7x against 4.5x a gradient on a 0.1M GPT-2); on large ones
+        its double backward costs more than a tangent pass (measured 2.6x against 1.2x on an
+        85M GPT-2 body, 2 CPU threads). The timings are kept in ``route_seconds``."""
+        assert self._graphs is not None
+        first = self.problem.batches[:1]
+        v = torch.zeros(self.n, 1, dtype=self.dtype, device=self.device)
+        leaves, grads = self._graphs[0]
+        runs = {
+            "reuse": lambda: self._grad_of_grad(leaves, grads, v, retain=True),
+            "forward-over-reverse": lambda: self._block_forward_over_reverse(v, first),
+        }
+        timings = {}
+        for route, run in runs.items():
+            _synchronize(self.device)
+            start = time.perf_counter()
+            run()
+            _synchronize(self.device)
+            timings[route] = time.perf_counter() - start
+        self.route_seconds = timings
+        return timings["forward-over-reverse"] <= _REUSE_MARGIN * timings["reuse"]
 
     def _fastest_streaming_route(self) -> str:
         """Time one single-vector product of each streaming route on the first chunk and keep the
