@@ -28,7 +28,7 @@ from cli.console import (
     stage_progress,
     summary_event,
 )
-from cli.options import announcing, bounded
+from cli.options import Device, MaxMemory, announcing, bounded
 from cli.report import demo, report
 from cli.train import prune_eval, train
 from landscape.bounds import (
@@ -122,6 +122,8 @@ def analyze(
     ] = False,
     seq_len: Annotated[int | None, bounded(SEQ_LEN, "sequence length of the text data")] = None,
     threads: Annotated[int | None, bounded(THREADS, "torch threads (default: torch's choice)")] = None,
+    device: Device = "auto",
+    max_memory: MaxMemory = None,
     out: Annotated[Path, typer.Option(help="output folder")] = Path("analysis"),
     json_output: Annotated[
         bool, typer.Option("--json", help="print analysis.json to stdout instead of a table")
@@ -186,9 +188,11 @@ def analyze(
             exact=exact,
             hvp_method=hvp_method,
             seed=seed,
+            device=device,
+            max_memory=max_memory,
             progress=report,
         )
-        context = inputs.context() | {"seed": seed, "params": params}
+        context = inputs.context() | {"seed": seed, "params": params, "max_memory": max_memory}
         if not leader:
             return
         report("writing files")

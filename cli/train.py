@@ -393,7 +393,10 @@ def train(
         ),
     ] = None,
     final_metrics: Annotated[
-        str | None, typer.Option(help="metrics of the final analysis [default: eigen,trace,ggn,tau]")
+        str | None,
+        typer.Option(
+            help="metrics of the final analysis [default: lambda_max,eigen,lambda_min,trace,ggn,tau]"
+        ),
     ] = None,
     final_samples: Annotated[
         int | None, typer.Option(help="training items for the final analysis [default: ~2048 targets]")

@@ -169,7 +169,7 @@ def _analyse(run_dir: Path, plan: DomainPlan, seed: int, report: Progress) -> No
     analyse_final(
         run_dir,
         run=run_dir.name,
-        metrics="eigen,trace,ggn,tau,density",
+        metrics="lambda_max,eigen,lambda_min,trace,ggn,tau,density",
         seed=seed,
         samples=plan.analysis_samples,
         options={

@@ -201,7 +201,7 @@ class RunConfig:
     diagnose_max_iter: int = 20
     diagnose_trace_samples: int = 24
     final_analysis: bool | None = None
-    final_metrics: str = "eigen,trace,ggn,tau"
+    final_metrics: str = "lambda_max,eigen,lambda_min,trace,ggn,tau"
     final_samples: int | None = None
     name: str | None = None
     version: int = CONFIG_VERSION
