@@ -234,6 +234,7 @@ def surface(
     ] = False,
     dtype: Annotated[str, typer.Option(help="float32 or float64")] = "float32",
     seed: Annotated[int, bounded(SEED, "seeds the random directions")] = 0,
+    device: Device = "auto",
     out: Annotated[Path, typer.Option(help="output folder")] = Path("surface"),
     trust_checkpoint: Annotated[
         bool,
@@ -269,7 +270,7 @@ def surface(
             dtype=torch_dtype,
             trust_checkpoint=trust_checkpoint,
         )
-        problem = Problem(inputs.model, inputs.data, inputs.loss, dtype=torch_dtype)
+        problem = Problem(inputs.model, inputs.data, inputs.loss, dtype=torch_dtype, device=device)
         other_params = None
         if other is not None:
             other_params = load_state_dict(other, trust_checkpoint=trust_checkpoint)
@@ -288,7 +289,8 @@ def surface(
         if not leader:
             return
         report("writing files")
-        written = write_surface(result, out, inputs.context() | {"other": str(other) if other else None})
+        context = inputs.context() | {"other": str(other) if other else None, "device": str(problem.device)}
+        written = write_surface(result, out, context)
     print_line(f"loss at the checkpoint {result.center_loss:.6g}")
     print_line("wrote " + ", ".join(str(p) for p in written))
 

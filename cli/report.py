@@ -21,7 +21,7 @@ from cli.console import (
     stage_progress,
     summary_event,
 )
-from cli.options import announcing, bounded, parsed, sparsities
+from cli.options import Device, announcing, bounded, parsed, sparsities
 from landscape.bounds import SEED, SLICE_DISTANCE, SLICE_GRID, SLICE_STEPS, THREADS
 
 
@@ -127,6 +127,7 @@ def demo(
         typer.Option(help="keep the training runs in this new folder [default: a temporary folder]"),
     ] = None,
     seed: Annotated[int, bounded(SEED, "seeds models, data order, estimators and slices")] = 0,
+    device: Device = "auto",
     threads: Annotated[
         int, bounded(THREADS, "torch threads (the demo's small models run fastest on one)")
     ] = 1,
@@ -143,7 +144,7 @@ def demo(
     output = Output.parse(quiet, log_format)
     set_threads(threads)
     with stage_progress(output, "demo") as progress:
-        result = run_demo(out, quick=quick, seed=seed, progress=progress, runs_dir=runs)
+        result = run_demo(out, quick=quick, seed=seed, progress=progress, runs_dir=runs, device=device)
     if output.json_lines:
         summary_event(
             "demo",

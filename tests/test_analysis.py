@@ -37,7 +37,9 @@ def dense_tau(H, G, g):
 @pytest.mark.parametrize("kind", ["mlp", "cnn", "lm"])
 def test_eigenvalues_and_tau_match_dense_reference(kind):
     model, data, loss, problem, H, G, g = reference(kind)
-    res = analyze(problem, metrics="eigen,lambda_min,tau,ggn", top_k=3, tol=1e-10, max_iter=problem.num_params, seed=0)
+    res = analyze(
+        problem, metrics="eigen,lambda_min,tau,ggn", top_k=3, tol=1e-10, max_iter=problem.num_params, seed=0
+    )
     eig = torch.linalg.eigvalsh(H)
     top = eig.flip(0)[:3]
     for ours, ref in zip(res.top_eigenvalues, top.tolist(), strict=True):

@@ -43,7 +43,7 @@ from landscape.train import (
 WORLD = 2
 # 25 samples: shards of 13 and 12; the LM's ignored targets make the per-shard counts uneven too
 CASES = {"mlp": 25, "lm": 28}
-METRICS = "eigen,trace,ggn,tau,layers"
+METRICS = "eigen,lambda_min,trace,ggn,tau,layers"
 
 
 def quantities(kind: str, problem: Problem) -> dict[str, object]:
@@ -266,7 +266,7 @@ TRAIN = dict(
     diagnose_samples=60,
     final_analysis=True,
     final_samples=48,
-    final_metrics="eigen,trace,ggn,tau",
+    final_metrics="eigen,lambda_min,trace,ggn,tau",
 )
 TRAIN_METHODS = ["sam", "rwsam"]
 
@@ -332,7 +332,16 @@ def test_a_training_suite_on_two_processes_follows_the_single_process_run(tmp_pa
 def test_cli_analyze_under_torchrun_writes_once_and_matches_one_process(tmp_path):
     """The real launcher: two ranks share the digits, rank 0 alone prints and writes."""
     exe = Path(sys.executable).with_name("landscape")
-    common = ["analyze", "--model", "mlp", "--samples", "300", "--metrics", "eigen,trace,tau", "--json"]
+    common = [
+        "analyze",
+        "--model",
+        "mlp",
+        "--samples",
+        "300",
+        "--metrics",
+        "eigen,lambda_min,trace,tau",
+        "--json",
+    ]
     env = os.environ | {"OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
     launch = [
         sys.executable,

@@ -194,7 +194,16 @@ def test_the_grep_finds_a_spelled_key():
 
 
 def test_builtin_metrics_their_keys_and_order_are_those_of_analysis_json():
-    assert registry.names() == ("lambda_max", "eigen", "lambda_min", "trace", "ggn", "tau", "density", "layers")
+    assert registry.names() == (
+        "lambda_max",
+        "eigen",
+        "lambda_min",
+        "trace",
+        "ggn",
+        "tau",
+        "density",
+        "layers",
+    )
     assert METRICS == registry.names() and list(METRICS) == list(registry.names())
     model, data, loss = tiny_case("mlp", n=12)
     result = analyze(model, data, loss, trace_samples=6, layer_samples=4, density_steps=4, top_k=2, seed=1)

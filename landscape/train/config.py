@@ -182,6 +182,7 @@ class RunConfig:
     split_seed: int = 0
     init: str | None = None
     dtype: str = "float32"
+    device: str = "auto"
     method: str = "adamw"
     base: str | None = None
     lr: float | None = None
