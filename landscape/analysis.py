@@ -28,7 +28,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import pandas as pd
@@ -38,7 +38,7 @@ from torch import nn
 from landscape import metrics as registry
 from landscape.bounds import MAX_ITER, SEED, TOL, TOP_K, TRACE_SAMPLES, JobSize
 from landscape.curvature.checks import require_deterministic
-from landscape.curvature.memory import Plan, measure_footprint, plan_metric
+from landscape.curvature.memory import Footprint, Plan, measure_footprint, plan_metric
 from landscape.errors import UserError
 from landscape.metrics import Context, Metric, Outcome, Settings
 from landscape.preserve import preserved
@@ -305,6 +305,23 @@ class _Plans:
     trace_method: str | None
 
 
+def _agreed(problem: Problem, footprint: Footprint, budget: int) -> tuple[Footprint, int]:
+    """With several processes: the largest footprint and the smallest budget of all ranks, so that
+    every rank makes the same plans (the Krylov basis, the SLQ mode and the trace estimator decide
+    which collective products the iterations make; ranks that planned apart would deadlock)."""
+    if problem.describe()["processes"] <= 1:
+        return footprint, budget
+    from landscape.distributed import all_reduce_max_
+
+    names = [f.name for f in fields(footprint) if isinstance(getattr(footprint, f.name), int)]
+    sizes = torch.tensor(
+        [float(getattr(footprint, n)) for n in names] + [-float(budget)], dtype=torch.float64
+    )
+    all_reduce_max_(sizes)
+    agreed = replace(footprint, **{n: int(v) for n, v in zip(names, sizes[:-1].tolist(), strict=True)})
+    return agreed, int(-sizes[-1].item())
+
+
 def _memory_plans(
     problem: Problem,
     chosen: Sequence[Metric],
@@ -322,8 +339,9 @@ def _memory_plans(
     requests = {name: request for name, request in asked.items() if request is not None}
     if settings.exact or not requests:
         return _Plans({}, None, None, None, None, 16, None)
-    footprint = measure_footprint(problem)
-    budget = remaining_budget(max_memory, problem.device)
+    footprint, budget = _agreed(
+        problem, measure_footprint(problem), remaining_budget(max_memory, problem.device)
+    )
     first = {
         name: plan_metric(name, footprint, budget, request, hvp_route=hvp_method)
         for name, request in requests.items()
