@@ -44,7 +44,7 @@ from cli.console import (
     summary_event,
     tenth,
 )
-from cli.options import Device, bounded, device_option, parsed, sparsities, usage_errors
+from cli.options import Device, MaxMemory, bounded, device_option, parsed, sparsities, usage_errors
 from landscape.bounds import SAMPLES, SEED, SEQ_LEN, THREADS
 from landscape.errors import UserError
 from landscape.optim.options import Option, option_flag
@@ -74,6 +74,8 @@ _RUN_OPTIONS = (
     "warmup",
     "seed",
     "dtype",
+    "device",
+    "max_memory",
     "init",
     "checkpoint_every",
     "log_every",
@@ -372,6 +374,7 @@ def train(
     seed: Annotated[int | None, typer.Option(help="seeds init, data order and every random draw")] = None,
     dtype: Annotated[str | None, typer.Option(help="float32 or float64 [default: float32]")] = None,
     device: Annotated[str | None, device_option()] = None,
+    max_memory: MaxMemory = None,
     init: Annotated[Path | None, typer.Option(help="start from the weights in this checkpoint")] = None,
     no_shuffle: Annotated[bool, typer.Option("--no-shuffle", help="batches in data order")] = False,
     checkpoint_every: Annotated[
@@ -490,6 +493,7 @@ def train(
                     ("seed", seed),
                     ("dtype", dtype),
                     ("device", device),
+                    ("max_memory", max_memory),
                     ("checkpoint_every", checkpoint_every),
                     ("log_every", log_every),
                     ("diagnose_every", diagnose_every),

@@ -160,7 +160,14 @@ def _train_suite(configs: list[Any], folder: Path, report: Progress) -> None:
     train_suite(configs, folder, relay)
 
 
-def _analyse(run_dir: Path, plan: DomainPlan, seed: int, report: Progress, device: str = "auto") -> None:
+def _analyse(
+    run_dir: Path,
+    plan: DomainPlan,
+    seed: int,
+    report: Progress,
+    device: str = "auto",
+    max_memory: str | None = None,
+) -> None:
     """The final analysis of ``run_dir/final.pt`` as ``landscape train`` does it
     (:func:`landscape.train.analyse_final`), with the demo's budgets and without ``density.png``
     (the report draws the densities itself, and each PNG costs ~0.7 s)."""
@@ -180,6 +187,7 @@ def _analyse(run_dir: Path, plan: DomainPlan, seed: int, report: Progress, devic
             "density_probes": plan.density_probes,
             "density_steps": plan.density_steps,
             "device": device,
+            "max_memory": max_memory,
         },
         context={"eval_loss": summary.get("eval_loss"), "eval_accuracy": summary.get("eval_accuracy")},
         figures=False,
@@ -196,6 +204,7 @@ def run_demo(
     runs_dir: str | Path | None = None,
     plan: DemoPlan | None = None,
     device: str = "auto",
+    max_memory: str | None = None,
 ) -> DemoResult:
     """Train the demo suites, analyse their final checkpoints and write the report to ``out_dir``.
 
@@ -209,6 +218,8 @@ def run_demo(
         plan: a custom plan (overrides ``quick``).
         device: where to train and analyse (``auto``: CUDA when available; ``cpu``, ``cuda:N``,
             ...; see :func:`landscape.distributed.resolve_device`).
+        max_memory: the memory limit the final analyses are planned for (``"12GB"``; default:
+            most of the free device memory).
     """
     from landscape.train import expand_suite
 
@@ -260,7 +271,7 @@ def run_demo(
         stamp = time.perf_counter()
         for suite, domain in ((vision, chosen.vision), (language, chosen.language)):
             for method in DEMO_METHODS:
-                _analyse(suite / method, domain, seed, report, device)
+                _analyse(suite / method, domain, seed, report, device, max_memory)
         seconds["final analysis"] = time.perf_counter() - stamp
 
         import torch
@@ -286,6 +297,7 @@ def run_demo(
             sparsities=chosen.sparsities,
             slice_settings=chosen.slices,
             notes=notes,
+            device=device,
         )
         seconds["report"] = time.perf_counter() - stamp
     finally:

@@ -68,3 +68,30 @@ def test_analyze_and_surface_record_their_device(device, tmp_path, capsys):
     assert analysis["device"].startswith(device) and analysis["memory_plans"]["trace"]["fits"]
     code = main(["surface", *common, "--kind", "1d", "--steps", "3", "--out", str(tmp_path / "s")])
     assert code == 0, capsys.readouterr().err
+
+
+def test_train_records_max_memory_and_the_final_analysis_follows_it(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", "--model", "mlp", "--data", "digits", "--steps", "2", "--batch-size", "32"]
+    code = main([*args, "--device", "cpu", "--max-memory", "64GB", "--out", str(out), "--final-analysis"])
+    assert code == 0, capsys.readouterr().err
+    config = json.loads(next(out.rglob("config.json")).read_text())
+    analysis = json.loads(next(out.rglob("analysis.json")).read_text())
+    assert config["max_memory"] == "64GB" and analysis["device"] == "cpu"
+    assert analysis["memory_plans"] and analysis["lambda_min"] is not None  # the default final metrics
+    code = main(["train", "--resume", str(out), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code != 0 and "drop --device" in err
+
+
+def test_report_measures_on_the_device_it_is_given(tmp_path):
+    from landscape.report.measure import MeasureSettings, _load
+
+    code = main(["train", "--model", "mlp", "--data", "digits", "--steps", "1", "--out", str(tmp_path / "r")])
+    assert code == 0
+    from landscape.report.runs import load_run
+
+    run = load_run(tmp_path / "r")
+    item = _load(run, MeasureSettings(device=DEVICES[-1]))
+    assert next(item.model.parameters()).device.type == DEVICES[-1]
+    assert item.train.x.device.type == "cpu"  # the data stays on the host

@@ -172,7 +172,8 @@ class RunConfig:
     Bookkeeping: ``checkpoint_every`` (0: only at the end and on Ctrl-C), ``log_every``,
     ``diagnose_every`` (0: off) with ``diagnose_samples`` and Lanczos/trace budgets, and the
     final analysis (``final_analysis``: default on when diagnosing; ``final_metrics``,
-    ``final_samples``).
+    ``final_samples``, ``max_memory``: the memory limit it is planned for, e.g. ``"12GB"``;
+    default: most of the free device memory).
     """
 
     model: str | None = None
@@ -207,6 +208,7 @@ class RunConfig:
     final_analysis: bool | None = None
     final_metrics: str = "lambda_max,eigen,lambda_min,trace,ggn,tau"
     final_samples: int | None = None
+    max_memory: str | None = None
     name: str | None = None
     version: int = CONFIG_VERSION
 
@@ -279,6 +281,10 @@ class RunConfig:
         if not isinstance(self.device, str) or not _DEVICE_PATTERN.match(self.device.strip().lower()):
             # the spelling only: whether this machine has the device is checked where the run starts
             raise UserError(f"invalid device '{self.device}' (choose from auto, cpu, cuda, cuda:N, mps)")
+        if self.max_memory is not None:
+            from landscape.curvature.budget import parse_memory
+
+            parse_memory(self.max_memory)
         if self.schedule not in SCHEDULES:
             raise UserError(f"unknown schedule '{self.schedule}' (choose from {', '.join(SCHEDULES)})")
 
