@@ -142,7 +142,8 @@ def _check_model_fits_data(model: nn.Module, train: Dataset, eval_data: Dataset,
     try:
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
             model.eval()
-            out = unwrap_output(model(train.x[:2]))
+            device = next((p.device for p in model.parameters()), torch.device("cpu"))
+            out = unwrap_output(model(train.x[:2].to(device))).cpu()  # the labels stay on the host
     except UserError:
         raise
     except Exception as exc:
