@@ -142,16 +142,16 @@ def test_a_small_budget_bounds_the_basis_streams_and_runs_slq_one_probe_at_a_tim
     problem = Problem(model, (x, y), loss, dtype=torch.float64)
     H, G = dense_hessian(problem, x, y), dense_ggn(problem, x, y)
     eig, n = torch.linalg.eigvalsh(H), problem.num_params
-    metrics = "lambda_max,lambda_min,ggn,density"
-    common = dict(tol=1e-8, max_iter=n, seed=0, trace_samples=30, density_probes=3, density_steps=12)
+    metrics = "lambda_max,eigen,lambda_min,ggn,density"
+    common = dict(tol=1e-8, max_iter=n, seed=0, top_k=3, trace_samples=30, density_probes=3, density_steps=12)
     roomy = analyze(model, (x, y), loss, metrics, dtype=torch.float64, **common)
     requests = {
-        "lambda_max": Request(k=1, max_iter=n),
+        "lambda_max": Request(k=3, max_iter=n),
         "lambda_min": Request(k=1, max_iter=n),
         "ggn": Request(k=1, max_iter=n, trace_samples=30),
         "density": Request(density_probes=3, density_steps=12),
     }
-    _budget(monkeypatch, 2 * _smallest_budget(problem, requests))
+    _budget(monkeypatch, int(1.25 * _smallest_budget(problem, requests)))
     small = analyze(model, (x, y), loss, metrics, dtype=torch.float64, **common)
     plans = small.memory_plans
     assert roomy.hvp_method == "reuse" and roomy.memory_plans["lambda_min"]["full_basis"]
@@ -161,6 +161,9 @@ def test_a_small_budget_bounds_the_basis_streams_and_runs_slq_one_probe_at_a_tim
     assert min(p["chunk_samples"] for p in plans.values()) < len(x)
     assert any("memory plan" in note for note in small.notes)  # hutchpp or hutchinson instead of xtrace
     assert small.lambda_max == pytest.approx(float(eig[-1]), rel=1e-6)
+    assert not plans["lambda_max"]["full_basis"] and all(small.top_converged)  # top-3 by thick restart
+    assert small.top_eigenvalues == pytest.approx(eig.flip(0)[:3].tolist(), rel=1e-6)
+    assert small.top_eigenvalues == pytest.approx(roomy.top_eigenvalues, rel=1e-6)
     assert small.ggn_lambda_max == pytest.approx(float(torch.linalg.eigvalsh(G)[-1]), rel=1e-6)
     if small.lambda_min_converged:
         assert small.lambda_min == pytest.approx(float(eig[0]), rel=1e-6)
