@@ -28,7 +28,7 @@ from cli.console import (
     stage_progress,
     summary_event,
 )
-from cli.options import announcing, bounded
+from cli.options import Device, MaxMemory, announcing, bounded
 from cli.report import demo, report
 from cli.train import prune_eval, train
 from landscape.bounds import (
@@ -138,6 +138,8 @@ def analyze(
     ] = False,
     seq_len: Annotated[int | None, bounded(SEQ_LEN, "sequence length of the text data")] = None,
     threads: Annotated[int | None, bounded(THREADS, "torch threads (default: torch's choice)")] = None,
+    device: Device = "auto",
+    max_memory: MaxMemory = None,
     out: Annotated[Path, typer.Option(help="output folder")] = Path("analysis"),
     json_output: Annotated[
         bool, typer.Option("--json", help="print analysis.json to stdout instead of a table")
@@ -203,10 +205,12 @@ def analyze(
             exact=exact,
             hvp_method=hvp_method,
             seed=seed,
+            device=device,
+            max_memory=max_memory,
             progress=report,
             **options,
         )
-        context = inputs.context() | {"seed": seed, "params": params}
+        context = inputs.context() | {"seed": seed, "params": params, "max_memory": max_memory}
         if not leader:
             return
         report("writing files")
@@ -248,6 +252,7 @@ def surface(
     ] = False,
     dtype: Annotated[str, typer.Option(help="float32 or float64")] = "float32",
     seed: Annotated[int, bounded(SEED, "seeds the random directions")] = 0,
+    device: Device = "auto",
     out: Annotated[Path, typer.Option(help="output folder")] = Path("surface"),
     trust_checkpoint: Annotated[
         bool,
@@ -283,7 +288,7 @@ def surface(
             dtype=torch_dtype,
             trust_checkpoint=trust_checkpoint,
         )
-        problem = Problem(inputs.model, inputs.data, inputs.loss, dtype=torch_dtype)
+        problem = Problem(inputs.model, inputs.data, inputs.loss, dtype=torch_dtype, device=device)
         other_params = None
         if other is not None:
             other_params = load_state_dict(other, trust_checkpoint=trust_checkpoint)
@@ -302,7 +307,8 @@ def surface(
         if not leader:
             return
         report("writing files")
-        written = write_surface(result, out, inputs.context() | {"other": str(other) if other else None})
+        context = inputs.context() | {"other": str(other) if other else None, "device": str(problem.device)}
+        written = write_surface(result, out, context)
     print_line(f"loss at the checkpoint {result.center_loss:.6g}")
     print_line("wrote " + ", ".join(str(p) for p in written))
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
@@ -24,7 +24,20 @@ from cli.console import err_console
 from landscape.bounds import Bound, JobSize
 from landscape.errors import UserError
 
-__all__ = ["announcing", "bounded", "parsed", "sparsities", "usage_errors"]
+__all__ = [
+    "DEVICE_HELP",
+    "Device",
+    "MaxMemory",
+    "announcing",
+    "bounded",
+    "device_option",
+    "devices",
+    "max_memory_option",
+    "memory_sizes",
+    "parsed",
+    "sparsities",
+    "usage_errors",
+]
 
 
 def _check(bound: Bound) -> Callable[..., Any]:
@@ -65,6 +78,47 @@ def sparsities(text: str) -> list[float]:
     from landscape.prune import parse_sparsities
 
     return parse_sparsities(text)
+
+
+def devices(text: str) -> Any:
+    """A ``--device`` by the library's resolver (``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``): a
+    name this machine lacks (``cuda`` without a GPU) is a usage error too."""
+    from landscape.distributed import resolve_device
+
+    return resolve_device(text)
+
+
+def memory_sizes(text: str) -> int:
+    """A ``--max-memory`` size (``12GB``, ``800MiB``) by the library's parser."""
+    from landscape.curvature.budget import parse_memory
+
+    return parse_memory(text)
+
+
+DEVICE_HELP = (
+    "where to compute: auto (CUDA when available; under torchrun this process's LOCAL_RANK GPU), "
+    "cpu, cuda, cuda:N or mps"
+)
+
+
+def device_option() -> Any:
+    """``--device``, declared once for every command that computes (checked while parsing)."""
+    return parsed(devices, DEVICE_HELP)
+
+
+def max_memory_option() -> Any:
+    """``--max-memory``, declared once for every command that analyses (checked while parsing)."""
+    return parsed(
+        memory_sizes,
+        "memory limit of the process on the device (e.g. 12GB, 800MiB): each metric is planned "
+        "to fit it, or stops with one line [default: most of the free memory]",
+    )
+
+
+Device = Annotated[str, device_option()]
+"""The ``--device`` parameter of a command (default ``auto``)."""
+MaxMemory = Annotated[str | None, max_memory_option()]
+"""The ``--max-memory`` parameter of a command (default: most of the free device memory)."""
 
 
 @contextmanager

@@ -21,7 +21,7 @@ from cli.console import (
     stage_progress,
     summary_event,
 )
-from cli.options import announcing, bounded, parsed, sparsities
+from cli.options import Device, MaxMemory, announcing, bounded, parsed, sparsities
 from landscape.bounds import SEED, SLICE_DISTANCE, SLICE_GRID, SLICE_STEPS, THREADS
 
 
@@ -62,6 +62,7 @@ def report(
     slice_distance: Annotated[float, bounded(SLICE_DISTANCE, "slice half-width in filter norms")] = 1.0,
     seed: Annotated[int, bounded(SEED, "seeds the slice directions and the data subsets")] = 0,
     threads: Annotated[int | None, bounded(THREADS, "torch threads (default: torch's choice)")] = None,
+    device: Device = "auto",
     trust_checkpoint: Annotated[
         bool,
         typer.Option(
@@ -102,6 +103,7 @@ def report(
             sparsities=levels,
             slice_settings=settings,
             trust_checkpoint=trust_checkpoint,
+            device=device,
         )
     if output.json_lines:
         summary_event(
@@ -127,6 +129,8 @@ def demo(
         typer.Option(help="keep the training runs in this new folder [default: a temporary folder]"),
     ] = None,
     seed: Annotated[int, bounded(SEED, "seeds models, data order, estimators and slices")] = 0,
+    device: Device = "auto",
+    max_memory: MaxMemory = None,
     threads: Annotated[
         int, bounded(THREADS, "torch threads (the demo's small models run fastest on one)")
     ] = 1,
@@ -143,7 +147,15 @@ def demo(
     output = Output.parse(quiet, log_format)
     set_threads(threads)
     with stage_progress(output, "demo") as progress:
-        result = run_demo(out, quick=quick, seed=seed, progress=progress, runs_dir=runs)
+        result = run_demo(
+            out,
+            quick=quick,
+            seed=seed,
+            progress=progress,
+            runs_dir=runs,
+            device=device,
+            max_memory=max_memory,
+        )
     if output.json_lines:
         summary_event(
             "demo",

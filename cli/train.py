@@ -44,7 +44,7 @@ from cli.console import (
     summary_event,
     tenth,
 )
-from cli.options import bounded, parsed, sparsities, usage_errors
+from cli.options import Device, MaxMemory, bounded, device_option, parsed, sparsities, usage_errors
 from landscape.bounds import SAMPLES, SEED, SEQ_LEN, THREADS
 from landscape.errors import UserError
 from landscape.optim.options import Option, option_flag
@@ -74,6 +74,8 @@ _RUN_OPTIONS = (
     "warmup",
     "seed",
     "dtype",
+    "device",
+    "max_memory",
     "init",
     "checkpoint_every",
     "log_every",
@@ -371,6 +373,8 @@ def train(
     ] = None,
     seed: Annotated[int | None, typer.Option(help="seeds init, data order and every random draw")] = None,
     dtype: Annotated[str | None, typer.Option(help="float32 or float64 [default: float32]")] = None,
+    device: Annotated[str | None, device_option()] = None,
+    max_memory: MaxMemory = None,
     init: Annotated[Path | None, typer.Option(help="start from the weights in this checkpoint")] = None,
     no_shuffle: Annotated[bool, typer.Option("--no-shuffle", help="batches in data order")] = False,
     checkpoint_every: Annotated[
@@ -393,7 +397,10 @@ def train(
         ),
     ] = None,
     final_metrics: Annotated[
-        str | None, typer.Option(help="metrics of the final analysis [default: eigen,trace,ggn,tau]")
+        str | None,
+        typer.Option(
+            help="metrics of the final analysis [default: lambda_max,eigen,lambda_min,trace,ggn,tau]"
+        ),
     ] = None,
     final_samples: Annotated[
         int | None, typer.Option(help="training items for the final analysis [default: ~2048 targets]")
@@ -485,6 +492,8 @@ def train(
                     ("warmup_steps", warmup),
                     ("seed", seed),
                     ("dtype", dtype),
+                    ("device", device),
+                    ("max_memory", max_memory),
                     ("checkpoint_every", checkpoint_every),
                     ("log_every", log_every),
                     ("diagnose_every", diagnose_every),
@@ -565,6 +574,7 @@ def prune_eval(
         ),
     ] = False,
     threads: Annotated[int | None, bounded(THREADS, "torch threads (default: torch's choice)")] = None,
+    device: Device = "auto",
     debug: Annotated[bool, typer.Option(help="show tracebacks")] = False,
 ) -> None:
     """One-shot global magnitude pruning: eval loss of CHECKPOINT with the smallest weights zeroed.
@@ -574,6 +584,7 @@ def prune_eval(
     del debug
     import pandas as pd
 
+    from landscape.distributed import resolve_device
     from landscape.dtypes import parse_dtype
     from landscape.prune import parse_sparsities
     from landscape.prune import prune_eval as run_prune_eval
@@ -606,13 +617,16 @@ def prune_eval(
             data_label = f"held-out data of the run ({inputs.config.get('eval_data') or inputs.data_spec})"
         else:
             data_label = f"{inputs.data_spec} (the checkpoint names no held-out data)"
-    results = run_prune_eval(inputs.model, evaluation_data, inputs.loss, levels, include_all=include_all)
+    results = run_prune_eval(
+        inputs.model, evaluation_data, inputs.loss, levels, include_all=include_all, device=device
+    )
     payload = {
         "checkpoint": str(checkpoint),
         "model": inputs.model_spec,
         "data": data_label,
         "num_items": len(evaluation_data),
         "include_all": include_all,
+        "device": str(resolve_device(device)),
         "results": [r.to_dict() for r in results],
     }
     written = write_prune_results(

@@ -130,11 +130,12 @@ class DemoResult:
         return self.report.index
 
 
-def _base_config(plan: DomainPlan, seed: int, diagnose: bool = True) -> Any:
+def _base_config(plan: DomainPlan, seed: int, diagnose: bool = True, device: str = "auto") -> Any:
     from landscape.train import RunConfig
 
     return RunConfig(
         model=plan.model,
+        device=device,
         steps=plan.steps,
         seed=seed,
         log_every=plan.log_every,
@@ -159,7 +160,14 @@ def _train_suite(configs: list[Any], folder: Path, report: Progress) -> None:
     train_suite(configs, folder, relay)
 
 
-def _analyse(run_dir: Path, plan: DomainPlan, seed: int, report: Progress) -> None:
+def _analyse(
+    run_dir: Path,
+    plan: DomainPlan,
+    seed: int,
+    report: Progress,
+    device: str = "auto",
+    max_memory: str | None = None,
+) -> None:
     """The final analysis of ``run_dir/final.pt`` as ``landscape train`` does it
     (:func:`landscape.train.analyse_final`), with the demo's budgets and without ``density.png``
     (the report draws the densities itself, and each PNG costs ~0.7 s)."""
@@ -169,7 +177,7 @@ def _analyse(run_dir: Path, plan: DomainPlan, seed: int, report: Progress) -> No
     analyse_final(
         run_dir,
         run=run_dir.name,
-        metrics="eigen,trace,noise,m_sharpness,ggn,tau,density",
+        metrics="lambda_max,eigen,lambda_min,trace,noise,m_sharpness,ggn,tau,density",
         seed=seed,
         samples=plan.analysis_samples,
         options={
@@ -180,6 +188,8 @@ def _analyse(run_dir: Path, plan: DomainPlan, seed: int, report: Progress) -> No
             "density_steps": plan.density_steps,
             "m_draws": 2,
             "noise_probes": 16,
+            "device": device,
+            "max_memory": max_memory,
         },
         context={"eval_loss": summary.get("eval_loss"), "eval_accuracy": summary.get("eval_accuracy")},
         figures=False,
@@ -195,6 +205,8 @@ def run_demo(
     progress: Progress | None = None,
     runs_dir: str | Path | None = None,
     plan: DemoPlan | None = None,
+    device: str = "auto",
+    max_memory: str | None = None,
 ) -> DemoResult:
     """Train the demo suites, analyse their final checkpoints and write the report to ``out_dir``.
 
@@ -206,6 +218,10 @@ def run_demo(
         runs_dir: keep the run folders here (a new or empty folder); default: a temporary folder,
             removed at the end.
         plan: a custom plan (overrides ``quick``).
+        device: where to train and analyse (``auto``: CUDA when available; ``cpu``, ``cuda:N``,
+            ...; see :func:`landscape.distributed.resolve_device`).
+        max_memory: the memory limit the final analyses are planned for (``"12GB"``; default:
+            most of the free device memory).
     """
     from landscape.train import expand_suite
 
@@ -226,14 +242,18 @@ def run_demo(
     try:
         stamp = time.perf_counter()
         vision = root / "vision"
-        _train_suite(expand_suite(_base_config(chosen.vision, seed), list(DEMO_METHODS), []), vision, report)
+        _train_suite(
+            expand_suite(_base_config(chosen.vision, seed, device=device), list(DEMO_METHODS), []),
+            vision,
+            report,
+        )
         seconds["vision training"] = time.perf_counter() - stamp
 
         stamp = time.perf_counter()
         sweeps = []
         for method, rhos in chosen.sweeps.items():
             folder = root / f"vision-rho-{method}"
-            base = _base_config(chosen.vision, seed, diagnose=False)
+            base = _base_config(chosen.vision, seed, diagnose=False, device=device)
             configs = expand_suite(base, [method], list(rhos))
             if len(rhos) == 1:  # expand_suite names a run by rho only when it sweeps several
                 configs = [replace(c, name=f"{method}-rho{rhos[0]:g}") for c in configs]
@@ -244,14 +264,16 @@ def run_demo(
         stamp = time.perf_counter()
         language = root / "language"
         _train_suite(
-            expand_suite(_base_config(chosen.language, seed), list(DEMO_METHODS), []), language, report
+            expand_suite(_base_config(chosen.language, seed, device=device), list(DEMO_METHODS), []),
+            language,
+            report,
         )
         seconds["language training"] = time.perf_counter() - stamp
 
         stamp = time.perf_counter()
         for suite, domain in ((vision, chosen.vision), (language, chosen.language)):
             for method in DEMO_METHODS:
-                _analyse(suite / method, domain, seed, report)
+                _analyse(suite / method, domain, seed, report, device, max_memory)
         seconds["final analysis"] = time.perf_counter() - stamp
 
         import torch
@@ -277,6 +299,7 @@ def run_demo(
             sparsities=chosen.sparsities,
             slice_settings=chosen.slices,
             notes=notes,
+            device=device,
         )
         seconds["report"] = time.perf_counter() - stamp
     finally:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -42,8 +43,10 @@ def evaluate(model: nn.Module, data: Dataset, loss: LossLike) -> EvalResult:
     counted targets whose arg-max output is the target) for class-id losses, else ``None``.
 
     Touches nothing: every module's train/eval mode is put back afterwards, no gradient is made.
+    The data may stay on the host: each chunk moves to the device of the model's parameters.
     """
     loss_object = as_loss(loss, model=model)
+    device = next((p.device for p in model.parameters()), None)
     loss_sum = 0.0
     correct: int | None = 0
     count: int | float = 0
@@ -52,6 +55,8 @@ def evaluate(model: nn.Module, data: Dataset, loss: LossLike) -> EvalResult:
         chunk = max(1, EVAL_CHUNK_TARGETS // per_item)
         for start in range(0, len(data), chunk):
             x, y = take_inputs(data.x, slice(start, start + chunk)), data.y[start : start + chunk]
+            if device is not None:
+                x, y = _to(x, device), y.to(device)
             out = model(**x) if isinstance(x, Mapping) else model(x)
             sums = loss_object.evaluate(unwrap_output(out), y)
             loss_sum += sums.loss_sum
@@ -61,6 +66,12 @@ def evaluate(model: nn.Module, data: Dataset, loss: LossLike) -> EvalResult:
         return EvalResult(float("nan"), None, 0)
     accuracy = None if correct is None else correct / count
     return EvalResult(loss_sum / count, accuracy, int(count) if float(count).is_integer() else count)
+
+
+def _to(x: Any, device: torch.device) -> Any:
+    if isinstance(x, Mapping):
+        return {k: _to(v, device) for k, v in x.items()}
+    return x.to(device) if isinstance(x, torch.Tensor) else x
 
 
 def fixed_subset(data: Dataset, num_samples: int, seed: int) -> Dataset:

@@ -17,6 +17,7 @@ Ties at the threshold are broken by position, so exactly k entries are zeroed.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -104,12 +105,23 @@ def prune_eval(
     sparsities: Sequence[float],
     *,
     include_all: bool = False,
+    device: str | torch.device | None = None,
 ) -> list[PruneResult]:
     """Evaluate ``model`` on ``data`` after one-shot global magnitude pruning at each sparsity.
 
     Each sparsity starts from the original weights; the model's weights are restored bit for bit
     at the end (also on error), and its modes, flags and the global RNG are left alone.
+    ``device``: where to evaluate (``"auto"``, ``"cpu"``, ``"cuda:N"``, ...; see
+    :func:`landscape.distributed.resolve_device`): a copy of the model is made there, the
+    caller's model stays where it is. Default: where the model is.
     """
+    if device is not None:
+        from landscape.distributed import resolve_device
+
+        target = resolve_device(device)
+        current = next((p.device for p in model.parameters()), target)
+        if target != current:
+            model = copy.deepcopy(model).to(target)
     chosen = prunable_parameters(model, include_all)
     originals = [p.detach().clone() for _, p in chosen]
     results = []

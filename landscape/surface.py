@@ -88,7 +88,8 @@ def filter_normalized_direction(
     """
     direction = {}
     for name, p in params.items():
-        d = torch.randn(p.shape, generator=generator, dtype=torch.float64).to(p.dtype)
+        # drawn on the host (the generator's device), so a seed gives the same slices on every device
+        d = torch.randn(p.shape, generator=generator, dtype=torch.float64).to(device=p.device, dtype=p.dtype)
         if p.dim() <= 1:
             if ignore_1d:
                 d = torch.zeros_like(p)
@@ -217,7 +218,7 @@ def compute_surface(
         if missing:
             raise UserError(f"the second checkpoint lacks parameter(s) {', '.join(sorted(missing)[:3])}")
         report("interpolation path")
-        delta = {n: other[n].to(problem.dtype) - p for n, p in problem.params.items()}
+        delta = {n: other[n].to(device=p.device, dtype=problem.dtype) - p for n, p in problem.params.items()}
         ts = [float(t) for t in torch.linspace(path_range[0], path_range[1], path_steps, dtype=torch.float64)]
         path_res = Slice1D(ts, loss_line(problem, delta, ts), kind="linear path theta_a -> theta_b")
     settings = {

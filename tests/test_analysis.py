@@ -37,7 +37,9 @@ def dense_tau(H, G, g):
 @pytest.mark.parametrize("kind", ["mlp", "cnn", "lm"])
 def test_eigenvalues_and_tau_match_dense_reference(kind):
     model, data, loss, problem, H, G, g = reference(kind)
-    res = analyze(problem, metrics="eigen,tau,ggn", top_k=3, tol=1e-10, max_iter=problem.num_params, seed=0)
+    res = analyze(
+        problem, metrics="eigen,lambda_min,tau,ggn", top_k=3, tol=1e-10, max_iter=problem.num_params, seed=0
+    )
     eig = torch.linalg.eigvalsh(H)
     top = eig.flip(0)[:3]
     for ours, ref in zip(res.top_eigenvalues, top.tolist(), strict=True):
@@ -72,7 +74,7 @@ def test_traces_within_four_standard_errors(method):
 
 def test_exact_path_matches_dense():
     model, data, loss, problem, H, G, g = reference("lm")
-    res = analyze(problem, metrics="eigen,trace,ggn", exact=True, top_k=4)
+    res = analyze(problem, metrics="eigen,lambda_min,trace,ggn", exact=True, top_k=4)
     eig = torch.linalg.eigvalsh(H)
     assert res.top_eigenvalues == pytest.approx(eig.flip(0)[:4].tolist(), rel=1e-10)
     assert res.lambda_min == pytest.approx(float(eig[0]), rel=1e-10)
@@ -117,7 +119,7 @@ def test_decomposition_per_layer_matches_dense():
 
 def test_same_seed_same_numbers_and_batch_size_invariance():
     model, (x, y), loss = tiny_case("lm", n=40)
-    kw = dict(metrics="eigen,trace,tau", trace_samples=12, top_k=2, seed=3, dtype=torch.float64)
+    kw = dict(metrics="eigen,lambda_min,trace,tau", trace_samples=12, top_k=2, seed=3, dtype=torch.float64)
     a = analyze(model, (x, y), loss, **kw).to_dict()
     b = analyze(model, (x, y), loss, **kw).to_dict()
     c = analyze(model, (x, y), loss, batch_size=3, **kw).to_dict()

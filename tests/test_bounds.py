@@ -211,7 +211,7 @@ def test_the_ranges_are_in_the_help_and_the_library_checks_the_same_bounds(capsy
 def test_top_k_is_checked_against_the_parameters_and_the_lanczos_steps():
     model, data, loss = tiny_case("mlp")  # a few hundred parameters
     n = sum(p.numel() for p in model.parameters())
-    with pytest.raises(UserError, match=r"--top-k 40 and lambda_min need 41 Ritz values.*raise --max-iter"):
+    with pytest.raises(UserError, match=r"--top-k 40 needs 40 Ritz values.*raise --max-iter"):
         analyze(model, data, loss, metrics="eigen", top_k=40, max_iter=30)
     with pytest.raises(UserError, match=rf"--top-k {n + 1} exceeds the {n} analysed parameters"):
         analyze(model, data, loss, metrics="eigen", top_k=n + 1, exact=True, dtype=torch.float64)

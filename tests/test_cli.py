@@ -77,7 +77,7 @@ def test_checkpoint_json_seed_and_metrics(tmp_path, capsys):
     model = build_model("cnn")
     ckpt = tmp_path / "cnn.pt"
     torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}, ckpt)
-    args = ["analyze", ckpt, "--model", "cnn", "--metrics", "eigen,tau", "--json", *FAST]
+    args = ["analyze", ckpt, "--model", "cnn", "--metrics", "eigen,lambda_min,tau", "--json", *FAST]
     code, first, err = run([*args, "--out", tmp_path / "a"], capsys)
     assert code == 0, err
     code, second, err = run([*args, "--out", tmp_path / "b"], capsys)

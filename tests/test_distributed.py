@@ -43,7 +43,7 @@ from landscape.train import (
 WORLD = 2
 # 25 samples: shards of 13 and 12; the LM's ignored targets make the per-shard counts uneven too
 CASES = {"mlp": 25, "lm": 28}
-METRICS = "eigen,trace,ggn,tau,layers"
+METRICS = "eigen,lambda_min,trace,ggn,tau,layers"
 
 
 def quantities(kind: str, problem: Problem) -> dict[str, object]:
@@ -150,6 +150,27 @@ def join_group(rank: int, store: str) -> None:
     )
 
 
+def planned_apart(rank: int) -> dict[str, object]:
+    """``analyze`` where each rank sees another memory budget (rank 0 a tight one): the ranks
+    must agree on one set of plans (the smallest budget, the largest footprint), else their
+    Lanczos runs would make different collective products."""
+    from landscape.curvature import budget as budgets
+
+    model, data, loss = tiny_case("mlp", n=25)
+    problem = Problem(model, data, loss, dtype=torch.float64)
+    original = budgets.remaining_budget
+    budgets.remaining_budget = lambda limit, device="cpu": 100_000 if rank == 0 else 10**10
+    try:
+        result = analyze(problem, metrics="lambda_max,lambda_min,trace", trace_samples=8, tol=1e-8, seed=1)
+    finally:
+        budgets.remaining_budget = original
+    return {
+        "plans": result.memory_plans,
+        "budget": result.memory_budget,
+        "values": [result.lambda_max, result.lambda_min, result.trace, result.hvp_count],
+    }
+
+
 def worker(rank: int, store: str, out_dir: str) -> None:
     join_group(rank, store)
     try:
@@ -159,6 +180,7 @@ def worker(rank: int, store: str, out_dir: str) -> None:
             problem = Problem(model, data, loss, dtype=torch.float64)
             assert problem.distributed
             results[kind] = quantities(kind, problem) | {"local_samples": problem.local_num_samples}
+        results["planned"] = planned_apart(rank)
         results["rules"] = rule_gradients(rank)
         try:
             make_rule("fmlora").compute_gradient(*rule_case("mlp", rank))
@@ -182,6 +204,14 @@ def runs(tmp_path_factory):
         single[kind] = quantities(kind, problem)
     single["rules"] = rule_gradients(None)
     return ranks, single
+
+
+def test_ranks_agree_on_their_memory_plans(runs):
+    ranks, _ = runs
+    a, b = (r["planned"] for r in ranks)
+    assert a["budget"] == b["budget"] == 100_000  # the smallest of the ranks' budgets
+    assert a["plans"] == b["plans"] and a["values"] == b["values"]
+    assert not a["plans"]["lambda_min"]["full_basis"]  # the tight budget bounds the basis
 
 
 def _same(a, b, what: str) -> None:
@@ -266,7 +296,7 @@ TRAIN = dict(
     diagnose_samples=60,
     final_analysis=True,
     final_samples=48,
-    final_metrics="eigen,trace,ggn,tau",
+    final_metrics="eigen,lambda_min,trace,ggn,tau",
 )
 TRAIN_METHODS = ["sam", "rwsam"]
 
@@ -332,7 +362,16 @@ def test_a_training_suite_on_two_processes_follows_the_single_process_run(tmp_pa
 def test_cli_analyze_under_torchrun_writes_once_and_matches_one_process(tmp_path):
     """The real launcher: two ranks share the digits, rank 0 alone prints and writes."""
     exe = Path(sys.executable).with_name("landscape")
-    common = ["analyze", "--model", "mlp", "--samples", "300", "--metrics", "eigen,trace,tau", "--json"]
+    common = [
+        "analyze",
+        "--model",
+        "mlp",
+        "--samples",
+        "300",
+        "--metrics",
+        "eigen,lambda_min,trace,tau",
+        "--json",
+    ]
     env = os.environ | {"OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
     launch = [
         sys.executable,

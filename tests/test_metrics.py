@@ -49,21 +49,24 @@ ANALYSIS_KEYS = [
     "num_samples",
     "num_targets",
     "dtype",
+    "device",
     "mode",
     "metrics",
     "exact",
     "lambda_max",
     "lambda_max_residual",
+    "lambda_max_error_bound",
     "lambda_max_converged",
     "lambda_max_products",
     "top_eigenvalues",
     "top_residuals",
     "top_converged",
+    "eigen_products",
     "lambda_min",
     "lambda_min_residual",
     "lambda_min_error_bound",
     "lambda_min_converged",
-    "eigen_products",
+    "lambda_min_products",
     "trace",
     "trace_stderr",
     "trace_method",
@@ -96,6 +99,8 @@ ANALYSIS_KEYS = [
     "seconds",
     "seed",
     "processes",
+    "memory_budget",
+    "memory_plans",
     "notes",
     "layers",
     "density",
@@ -204,7 +209,18 @@ def test_the_grep_finds_a_spelled_key():
 
 
 def test_builtin_metrics_their_keys_and_order_are_those_of_analysis_json():
-    assert registry.names() == ("eigen", "trace", "noise", "m_sharpness", "ggn", "tau", "density", "layers")
+    assert registry.names() == (
+        "lambda_max",
+        "eigen",
+        "lambda_min",
+        "trace",
+        "noise",
+        "m_sharpness",
+        "ggn",
+        "tau",
+        "density",
+        "layers",
+    )
     assert METRICS == registry.names() and list(METRICS) == list(registry.names())
     model, data, loss = tiny_case("mlp", n=12)
     result = analyze(model, data, loss, trace_samples=6, layer_samples=4, density_steps=4, top_k=2, seed=1)
@@ -214,7 +230,6 @@ def test_builtin_metrics_their_keys_and_order_are_those_of_analysis_json():
     assert result.metrics == registry.names()
     assert list(registry.diagnostic_keys()) == DIAGNOSTIC_KEYS
     assert registry.diagnostic_budget() == {
-        "top_k": 1,
         "tol": 1e-2,
         "max_iter": 20,
         "trace_samples": 24,
@@ -226,7 +241,9 @@ def test_builtin_metrics_their_keys_and_order_are_those_of_analysis_json():
     # every metric's cost is counted, and adds up to the analysis's
     assert sum(o.hessian_products for o in result.outcomes.values()) == result.hvp_count
     assert sum(o.ggn_products for o in result.outcomes.values()) == result.ggn_count
-    assert result.outcomes["eigen"].hessian_products == result.eigen_products
+    # lambda_max asks first for the run it shares with eigen: the products count for it
+    assert result.outcomes["lambda_max"].hessian_products == result.eigen_products
+    assert result.outcomes["eigen"].hessian_products == 0
     assert result.outcomes["tau"].hessian_products == 1 and result.outcomes["tau"].ggn_products == 1
 
 
@@ -246,7 +263,7 @@ def test_a_metric_that_did_not_run_reads_none_and_unknown_names_fail():
 
 
 def test_seed_streams_give_every_estimator_the_seed_it_always_had():
-    """eigen: seed; trace (and the shared sketch): seed + 1; ggn: seed + 2, 3, 4; density: seed + 5;
+    """lambda_max, eigen and lambda_min: seed; trace (and the shared sketch): seed + 1; ggn: seed + 2, 3, 4; density: seed + 5;
     layers: seed + 6 for the block traces, seed + 7 + i for tensor i's Lanczos."""
     model, data, loss = tiny_case("mlp", n=30)
     problem = Problem(model, data, loss, dtype=torch.float64)
@@ -255,8 +272,9 @@ def test_seed_streams_give_every_estimator_the_seed_it_always_had():
     F = functional_hessian_operator(problem, H, G)
     s, m = 11, 10
 
-    res = analyze(problem, metrics="eigen", top_k=2, seed=s)
-    assert res.top_eigenvalues == lanczos(H, k=2, which="both", tol=1e-3, max_iter=300, seed=s).eigenvalues
+    res = analyze(problem, metrics="eigen,lambda_min", top_k=2, seed=s)
+    assert res.top_eigenvalues == lanczos(H, k=2, which="LA", tol=1e-3, max_iter=300, seed=s).eigenvalues
+    assert res.lambda_min == lanczos(H, k=1, which="SA", tol=1e-3, max_iter=300, seed=s).eigenvalues[0]
 
     res = analyze(problem, metrics="trace,ggn", trace_method="hutchpp", trace_samples=m, seed=s)
     assert res.trace == trace_estimate(H, "hutchpp", m, seed=s + 1).estimate

@@ -44,7 +44,7 @@ def suite(tmp_path_factory) -> Path:
         diagnose_every=10,
         diagnose_samples=64,
         final_analysis=True,
-        final_metrics="eigen,trace,ggn,tau,density",
+        final_metrics="lambda_max,eigen,lambda_min,trace,ggn,tau,density",
         final_samples=64,
     )
     train_suite(expand_suite(config, METHODS, []), out)

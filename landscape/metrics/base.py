@@ -13,6 +13,10 @@ A metric declares, in one place,
   per-layer table, ``layers.csv``);
 * its probe seeds (:class:`SeedStream`): every random probe it draws comes from one stream of
   seeds, declared once;
+* what it asks of memory (``memory``: ``(problem, settings, chosen names) -> Request``, the
+  planner's :class:`~landscape.curvature.memory.Request` under the metric's name, or ``None``
+  when another chosen metric's run carries it): ``analyze`` plans it for the budget before it
+  runs (:func:`~landscape.curvature.memory.plan_metric`); a metric without it is not planned;
 * how it is shown: rows of ``landscape analyze``'s summary (:class:`Row`), columns of the report's
   comparison table and ``comparison.csv`` (:class:`Column`, with the direction "lower is
   flatter"), panels of the curves over training (:class:`Curve`), its training diagnostic
@@ -37,6 +41,7 @@ if TYPE_CHECKING:  # the declarations load without torch (the command line lists
     from torch import Tensor
 
     from landscape.curvature.linear_operator import LinearOperator
+    from landscape.curvature.memory import Plan, Request
     from landscape.curvature.operators import GGNOperator
     from landscape.problem import Problem
 
@@ -146,7 +151,14 @@ class Context:
     operator ``H``, the loss and the gradient (always there: the loss and ``||grad L||`` are part
     of every analysis), ``G`` when a chosen metric needs it, and pieces shared between metrics
     (:meth:`shared`: built by the first metric that asks, reused by the others). ``loss``: the
-    full-data loss when the caller has it already (else it is computed)."""
+    full-data loss when the caller has it already (else it is computed).
+
+    ``plans``: each metric's memory plan (:class:`~landscape.curvature.memory.Plan`, by metric
+    name; none for a metric the planner does not know): the routes of ``H`` and ``G``
+    (``hvp_method``, ``ggn_method``; ``memory_budget``: the operators' own budget for ``"auto"``),
+    the columns per product call (``block_size``), and what
+    :meth:`lanczos_options` and :meth:`plan` hand to the estimators (Krylov basis, SLQ mode).
+    """
 
     def __init__(
         self,
@@ -155,6 +167,10 @@ class Context:
         chosen: Sequence[Metric],
         *,
         hvp_method: str = "auto",
+        ggn_method: str = "auto",
+        block_size: int = 16,
+        memory_budget: int | None = None,
+        plans: Mapping[str, Plan] | None = None,
         progress: Progress | None = None,
         loss: float | None = None,
     ) -> None:
@@ -164,12 +180,34 @@ class Context:
         self.loss: float = problem.loss_value() if loss is None else float(loss)
         self.settings = settings
         self.chosen = tuple(chosen)
+        self.plans: dict[str, Plan] = dict(plans or {})
         self.report: Progress = progress or (lambda _label: None)
-        self.H = HessianOperator(problem, method=hvp_method)
+        self.H = HessianOperator(
+            problem, method=hvp_method, block_size=block_size, memory_budget=memory_budget
+        )
         # With retained graphs the gradient and the GGN's linearisation come off H's graphs for free.
         self.gradient: Tensor = self.H.gradient()
-        self._ggn = GGNOperator(problem, hessian=self.H) if self.needed(GGN) else None
+        self._ggn = (
+            GGNOperator(
+                problem, method=ggn_method, block_size=block_size, memory_budget=memory_budget, hessian=self.H
+            )
+            if self.needed(GGN)
+            else None
+        )
         self._shared: dict[Callable[..., Any], Any] = {}
+
+    def plan(self, name: str) -> Plan | None:
+        """The memory plan of the metric ``name`` (``None``: not planned)."""
+        return self.plans.get(name)
+
+    def lanczos_options(self, name: str) -> dict[str, Any]:
+        """The Krylov basis of the metric ``name``'s plan as options of
+        :func:`~landscape.curvature.eigen.lanczos` (``max_basis``, ``basis_device``); none without
+        a plan (Lanczos then sizes its basis to the free memory itself)."""
+        plan = self.plan(name)
+        if plan is None or plan.basis_vectors is None:
+            return {}
+        return {"max_basis": int(plan.basis_vectors), "basis_device": plan.basis_device}
 
     @property
     def G(self) -> GGNOperator:  # noqa: N802 - the matrix's name
@@ -370,6 +408,7 @@ class Metric:
     curves: tuple[Curve, ...] = ()
     diagnostic: Diagnostic | None = None
     headlines: tuple[Headline, ...] = ()
+    memory: Callable[[Problem, Settings, tuple[str, ...]], Request | None] | None = None
 
     def outputs(self) -> tuple[str, ...]:
         """Every key it writes to ``analysis.json`` (numbers, then records)."""

@@ -1,83 +1,65 @@
-"""``eigen``: the top-k eigenvalues of H and lambda_min, from one Lanczos run.
+"""``eigen``: the top-k eigenvalues of H, from one Lanczos run.
 
 The Lanczos recurrence (Lanczos 1950; Golub & Van Loan, *Matrix Computations*, 4th ed., Sec. 10.1)
-with full reorthogonalisation, run for both ends of the spectrum at once; it stops when every
-wanted Ritz value's error bound is below ``tol`` relative to it (Parlett, *The Symmetric Eigenvalue
-Problem*, 1998, Ch. 11 and 13), and reports each value's residual ``||H y - theta y||``, whether it
-converged, and the products it took (:func:`~landscape.curvature.eigen.lanczos`). lambda_min sits
-in a tight cluster around 0 on trained networks and takes the most steps (``max_iter``). With
-``exact=True`` the eigenvalues of the assembled float64 Hessian.
-
-As a training diagnostic it measures lambda_max only (``top_k=1``, relative tolerance 1e-2, at most
-20 steps; ``lambda_max_residual`` says how far it is from converged).
+with full reorthogonalisation (or a bounded thick-restart basis where the memory plan says so:
+Wu & Simon 2000, SIAM J. Matrix Anal. Appl. 22(2):602-616), for the largest ``top_k``
+eigenvalues; it stops when every wanted Ritz value's error bound is below ``tol`` relative to it
+(Parlett, *The Symmetric Eigenvalue Problem*, 1998, Ch. 11 and 13), and reports each value's
+residual ``||H y - theta y||`` and whether it converged
+(:func:`~landscape.curvature.eigen.lanczos`). The smallest eigenvalue is the ``lambda_min``
+metric's (its own run: it takes the most products) and the largest alone is ``lambda_max``'s:
+this metric's run is shared with ``lambda_max`` (one run gives both), and with ``lambda_max``
+not chosen it writes the lambda_max keys from its top value itself. With ``exact=True`` the
+eigenvalues of the assembled float64 Hessian.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from landscape.metrics.base import (
-    Column,
-    Context,
-    Curve,
-    Diagnostic,
-    Headline,
-    Metric,
-    Outcome,
-    Row,
-    SeedStream,
-    Status,
-    Values,
-    format_number,
-)
+from landscape.metrics import lambda_max
+from landscape.metrics.base import Context, Metric, Outcome, Row, SeedStream, Settings
 
-LAMBDA_MAX = "lambda_max"
-LAMBDA_MAX_RESIDUAL = "lambda_max_residual"
-LAMBDA_MAX_CONVERGED = "lambda_max_converged"
-LAMBDA_MAX_PRODUCTS = "lambda_max_products"
+if TYPE_CHECKING:
+    from landscape.curvature.memory import Request
+    from landscape.problem import Problem
+
 TOP_EIGENVALUES = "top_eigenvalues"
 TOP_RESIDUALS = "top_residuals"
 TOP_CONVERGED = "top_converged"
-LAMBDA_MIN = "lambda_min"
-LAMBDA_MIN_RESIDUAL = "lambda_min_residual"
-LAMBDA_MIN_ERROR_BOUND = "lambda_min_error_bound"
-LAMBDA_MIN_CONVERGED = "lambda_min_converged"
 PRODUCTS = "eigen_products"
 
 SEEDS = SeedStream(0)
-"""The Lanczos start vector."""
+"""The Lanczos start vector (shared with ``lambda_max``: one run)."""
+
+
+def _carries_lambda_max(ctx: Context) -> bool:
+    """Whether this metric writes the lambda_max keys (the ``lambda_max`` metric is not chosen)."""
+    return not any(metric.name == lambda_max.NAME for metric in ctx.chosen)
+
+
+def memory(problem: Problem, settings: Settings, chosen: tuple[str, ...]) -> Request | None:
+    """The planner's request for the top-k run; none when ``lambda_max`` is chosen (its plan
+    covers the shared run)."""
+    from landscape.curvature.memory import Request
+
+    if lambda_max.NAME in chosen:
+        return None
+    return Request(k=settings.top_k, max_iter=settings.max_iter)
 
 
 def compute(ctx: Context) -> Outcome:
-    """One Lanczos run on H for the top ``top_k`` eigenvalues and lambda_min."""
-    from landscape.curvature.eigen import lanczos
-
-    settings = ctx.settings
-    ctx.report("eigenvalues (Lanczos)")
-    res = lanczos(
-        ctx.H,
-        k=settings.top_k,
-        which="both",
-        tol=settings.tol,
-        max_iter=settings.max_iter,
-        seed=next(SEEDS.draw(settings.seed)),
-    )
-    return Outcome(
-        {
-            LAMBDA_MAX: res.eigenvalues[0],
-            LAMBDA_MAX_RESIDUAL: res.residuals[0],
-            LAMBDA_MAX_CONVERGED: res.converged[0],
-            LAMBDA_MAX_PRODUCTS: res.products_to_converge[0],
-            TOP_EIGENVALUES: list(res.eigenvalues),
-            TOP_RESIDUALS: list(res.residuals),
-            TOP_CONVERGED: list(res.converged),
-            LAMBDA_MIN: res.lambda_min,
-            LAMBDA_MIN_RESIDUAL: res.lambda_min_residual,
-            LAMBDA_MIN_ERROR_BOUND: res.lambda_min_error_bound,
-            LAMBDA_MIN_CONVERGED: res.lambda_min_converged,
-            PRODUCTS: res.num_products,
-        }
-    )
+    """One Lanczos run on H for the top ``top_k`` eigenvalues (shared with ``lambda_max``)."""
+    res = ctx.shared(lambda_max.top_run)
+    values: dict[str, Any] = {
+        TOP_EIGENVALUES: list(res.eigenvalues),
+        TOP_RESIDUALS: list(res.residuals),
+        TOP_CONVERGED: list(res.converged),
+        PRODUCTS: res.num_products,
+    }
+    if _carries_lambda_max(ctx):
+        values |= lambda_max.values(res)
+    return Outcome(values)
 
 
 def exact(ctx: Context) -> Outcome:
@@ -86,34 +68,14 @@ def exact(ctx: Context) -> Outcome:
 
     eig = dense_eigenvalues(ctx.dense_hessian())
     top = sorted((float(x) for x in eig[-ctx.settings.top_k :]), reverse=True)
-    return Outcome(
-        {
-            LAMBDA_MAX: top[0],
-            LAMBDA_MAX_RESIDUAL: 0.0,
-            LAMBDA_MAX_CONVERGED: True,
-            TOP_EIGENVALUES: top,
-            TOP_RESIDUALS: [0.0] * len(top),
-            TOP_CONVERGED: [True] * len(top),
-            LAMBDA_MIN: float(eig[0]),
-            LAMBDA_MIN_RESIDUAL: 0.0,
-            LAMBDA_MIN_ERROR_BOUND: 0.0,
-            LAMBDA_MIN_CONVERGED: True,
-        }
-    )
-
-
-def _lambda_max_note(values: Values) -> str:
-    if values.get(LAMBDA_MAX) is None:
-        return ""
-    residual = format_number(values.get(LAMBDA_MAX_RESIDUAL))
-    return f"residual {residual}, {values.get(LAMBDA_MAX_PRODUCTS)} products to tol"
-
-
-def _lambda_min_note(values: Values) -> str:
-    if values.get(LAMBDA_MIN) is None:
-        return ""
-    converged = "converged" if values.get(LAMBDA_MIN_CONVERGED) else "NOT converged"
-    return f"error bound {format_number(values.get(LAMBDA_MIN_ERROR_BOUND))}, {converged}"
+    values: dict[str, Any] = {
+        TOP_EIGENVALUES: top,
+        TOP_RESIDUALS: [0.0] * len(top),
+        TOP_CONVERGED: [True] * len(top),
+    }
+    if _carries_lambda_max(ctx):
+        values |= lambda_max.exact(ctx).values
+    return Outcome(values)
 
 
 def _eigenvalues(values: Any) -> str:
@@ -122,42 +84,12 @@ def _eigenvalues(values: Any) -> str:
 
 METRIC = Metric(
     name="eigen",
-    description="top-k eigenvalues of H and lambda_min (one Lanczos run, residual-based stop)",
+    description="top-k eigenvalues of H (one Lanczos run, residual-based stop)",
     order=10,
-    keys=(
-        LAMBDA_MAX,
-        LAMBDA_MAX_RESIDUAL,
-        LAMBDA_MAX_CONVERGED,
-        LAMBDA_MAX_PRODUCTS,
-        TOP_EIGENVALUES,
-        TOP_RESIDUALS,
-        TOP_CONVERGED,
-        LAMBDA_MIN,
-        LAMBDA_MIN_RESIDUAL,
-        LAMBDA_MIN_ERROR_BOUND,
-        LAMBDA_MIN_CONVERGED,
-        PRODUCTS,
-    ),
+    keys=(TOP_EIGENVALUES, TOP_RESIDUALS, TOP_CONVERGED, PRODUCTS),
     compute=compute,
     exact=exact,
     seeds=SEEDS,
-    rows=(
-        Row("lambda_max(H)", LAMBDA_MAX, note=_lambda_max_note),
-        Row("top eigenvalues", TOP_EIGENVALUES, text=_eigenvalues),
-        Row("lambda_min(H)", LAMBDA_MIN, note=_lambda_min_note),
-    ),
-    columns=(
-        Column(LAMBDA_MAX, "λmax(H)", flatness="lower"),
-        Column(LAMBDA_MAX_RESIDUAL, shown=False),
-        Column(LAMBDA_MIN, "λmin(H)"),
-    ),
-    curves=(
-        Curve(LAMBDA_MAX, "λmax(H)", "top Hessian eigenvalue λmax(H)", caption="top Hessian eigenvalue"),
-    ),
-    diagnostic=Diagnostic(
-        keys=(LAMBDA_MAX, LAMBDA_MAX_RESIDUAL),
-        budget={"top_k": 1, "tol": 1e-2, "max_iter": 20},
-        status=(Status(LAMBDA_MAX, "lmax"),),
-    ),
-    headlines=(Headline(LAMBDA_MAX, "lmax(H)"),),
+    rows=(Row("top eigenvalues", TOP_EIGENVALUES, text=_eigenvalues),),
+    memory=memory,
 )

@@ -13,6 +13,8 @@ As a training diagnostic: lambda_max(G), tr(G) and tr(H_F) with the small budget
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from landscape.metrics import sketch
 from landscape.metrics.base import (
     GGN,
@@ -25,8 +27,14 @@ from landscape.metrics.base import (
     Outcome,
     Row,
     SeedStream,
+    Settings,
     Status,
 )
+
+if TYPE_CHECKING:
+    from landscape.curvature.memory import Request
+    from landscape.problem import Problem
+
 
 LAMBDA_MAX = "ggn_lambda_max"
 LAMBDA_MAX_RESIDUAL = "ggn_lambda_max_residual"
@@ -47,7 +55,15 @@ def compute(ctx: Context) -> Outcome:
     settings = ctx.settings
     seeds = SEEDS.draw(settings.seed)
     ctx.report("GGN lambda_max")
-    top = lanczos(ctx.G, k=1, which="LA", tol=settings.tol, max_iter=settings.max_iter, seed=next(seeds))
+    top = lanczos(
+        ctx.G,
+        k=1,
+        which="LA",
+        tol=settings.tol,
+        max_iter=settings.max_iter,
+        seed=next(seeds),
+        **ctx.lanczos_options("ggn"),
+    )
     if sketch.formed(ctx):
         shared = sketch.traces(ctx)
         ggn, functional = shared.ggn, shared.functional
@@ -90,6 +106,18 @@ def exact(ctx: Context) -> Outcome:
     )
 
 
+def memory(problem: Problem, settings: Settings, chosen: tuple[str, ...]) -> Request:
+    """The planner's request: lambda_max(G)'s Lanczos run and the traces of G and H_F."""
+    from landscape.curvature.memory import Request
+
+    return Request(
+        k=1,
+        max_iter=settings.max_iter,
+        trace_method=settings.trace_method,
+        trace_samples=settings.trace_samples,
+    )
+
+
 METRIC = Metric(
     name="ggn",
     description="lambda_max(G), tr(G) and tr(H_F) = tr(H - G) (one shared sketch with XTrace)",
@@ -127,4 +155,5 @@ METRIC = Metric(
         status=(Status(TRACE, "trG"),),
     ),
     headlines=(Headline(TRACE, "tr(G)"),),
+    memory=memory,
 )

@@ -11,10 +11,15 @@ whole-model quantities they restrict to the block (``layers.csv``).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from landscape.metrics import eigen, ggn, tau, trace
-from landscape.metrics.base import GGN, Context, Metric, Outcome, SeedStream
+from landscape.metrics import ggn, lambda_max, tau, trace
+from landscape.metrics.base import GGN, Context, Metric, Outcome, SeedStream, Settings
+
+if TYPE_CHECKING:
+    from landscape.curvature.memory import Request
+    from landscape.problem import Problem
+
 
 SEEDS = SeedStream(6)
 """The shared probes of the block traces (one seed for H and G), then one Lanczos start per tensor."""
@@ -25,8 +30,8 @@ COLUMNS = (
     ggn.TRACE,
     ggn.TRACE_STDERR,
     ggn.FUNCTIONAL_TRACE,
-    eigen.LAMBDA_MAX,
-    eigen.LAMBDA_MAX_RESIDUAL,
+    lambda_max.LAMBDA_MAX,
+    lambda_max.LAMBDA_MAX_RESIDUAL,
     tau.LOGIT,
     tau.FUNC,
     tau.CROSS,
@@ -69,12 +74,25 @@ def compute(ctx: Context) -> Outcome:
                 ggn.TRACE: gtr[i].estimate,
                 ggn.TRACE_STDERR: gtr[i].stderr,
                 ggn.FUNCTIONAL_TRACE: htr[i].estimate - gtr[i].estimate,
-                eigen.LAMBDA_MAX: top.eigenvalues[0],
-                eigen.LAMBDA_MAX_RESIDUAL: top.residuals[0],
+                lambda_max.LAMBDA_MAX: top.eigenvalues[0],
+                lambda_max.LAMBDA_MAX_RESIDUAL: top.residuals[0],
                 **tau.layer_values(whole.layers[i]),
             }
         )
     return Outcome(layers=rows)
+
+
+def memory(problem: Problem, settings: Settings, chosen: tuple[str, ...]) -> Request:
+    """The planner's request: the block traces' probes and each block's short Lanczos run."""
+    from landscape.curvature.memory import Request
+
+    largest = max((sl.stop - sl.start for _, sl in problem.blocks()), default=1)
+    return Request(
+        k=1,
+        max_iter=min(settings.layer_max_iter, largest),
+        trace_samples=settings.layer_samples,
+        largest_block=largest,
+    )
 
 
 METRIC = Metric(
@@ -86,4 +104,5 @@ METRIC = Metric(
     compute=compute,
     needs=frozenset({GGN}),
     seeds=SEEDS,
+    memory=memory,
 )

@@ -35,11 +35,14 @@ from landscape.metrics.base import (
     Metric,
     Outcome,
     Row,
+    Settings,
     Status,
 )
 
 if TYPE_CHECKING:
     from landscape.curvature.decomposition import LayerSplit, SharpnessSplit
+    from landscape.curvature.memory import Request
+    from landscape.problem import Problem
 
 LOGIT = "tau_logit"
 FUNC = "tau_func"
@@ -102,6 +105,13 @@ def _cross_note(values: Any) -> str:
     return "negative: the two paths oppose" if cross < 0 else "positive: the paths point the same way"
 
 
+def memory(problem: Problem, settings: Settings, chosen: tuple[str, ...]) -> Request:
+    """The planner's request: the split (H and G, a few vectors)."""
+    from landscape.curvature.memory import Request
+
+    return Request()
+
+
 METRIC = Metric(
     name="tau",
     description="tau_logit / tau_func / tau_cross of the sharpness gradient (Functional-SAM Eq. 9)",
@@ -132,4 +142,5 @@ METRIC = Metric(
         status=(Status(LOGIT, "tau_logit", 2), Status(FUNC, "tau_func", 2)),
     ),
     headlines=(Headline(LOGIT, "tau_logit", 3), Headline(FUNC), Headline(CROSS)),
+    memory=memory,
 )

@@ -14,8 +14,26 @@ models; for trends).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from landscape.metrics import sketch
-from landscape.metrics.base import Column, Context, Curve, Diagnostic, Headline, Metric, Outcome, Row, Status
+from landscape.metrics.base import (
+    Column,
+    Context,
+    Curve,
+    Diagnostic,
+    Headline,
+    Metric,
+    Outcome,
+    Row,
+    Settings,
+    Status,
+)
+
+if TYPE_CHECKING:
+    from landscape.curvature.memory import Request
+    from landscape.problem import Problem
+
 
 TRACE = "trace"
 STDERR = "trace_stderr"
@@ -59,6 +77,13 @@ def exact(ctx: Context) -> Outcome:
     return Outcome({TRACE: float(torch.trace(ctx.dense_hessian())), STDERR: 0.0, METHOD: "exact"})
 
 
+def memory(problem: Problem, settings: Settings, chosen: tuple[str, ...]) -> Request:
+    """The planner's request: the trace estimator and its products."""
+    from landscape.curvature.memory import Request
+
+    return Request(trace_method=settings.trace_method, trace_samples=settings.trace_samples)
+
+
 METRIC = Metric(
     name="trace",
     description="tr(H) with a standard error (XTrace by default)",
@@ -80,4 +105,5 @@ METRIC = Metric(
         status=(Status(TRACE, "trH"),),
     ),
     headlines=(Headline(TRACE, "tr(H)"),),
+    memory=memory,
 )

@@ -78,6 +78,7 @@ def build_report(
     dtype: torch.dtype = torch.float32,
     notes: Sequence[str] = (),
     trust_checkpoint: bool = False,
+    device: str | torch.device | None = None,
 ) -> ReportResult:
     """Write the report on the runs in ``run_dirs`` (run or suite folders) to ``out_dir``.
 
@@ -96,6 +97,8 @@ def build_report(
         notes: extra lines for the provenance section (the demo's settings, for example).
         trust_checkpoint: let the runs' final checkpoints unpickle objects and name code to run
             (import paths of models, data, losses); without it only built-ins and data files.
+        device: where the final weights are evaluated, sliced and pruned (``auto``, ``cpu``,
+            ``cuda:N``, ...; :func:`landscape.distributed.resolve_device`). Default: the CPU.
 
     ``out_dir`` is held for this process from the start (:func:`landscape.runs.locked_output_dir`:
     a second writer gets one line and changes nothing), and the new report replaces the previous
@@ -115,6 +118,12 @@ def build_report(
         dtype,
         trust_checkpoint,
     )
+    if device is not None:
+        from dataclasses import replace
+
+        from landscape.distributed import resolve_device
+
+        settings = replace(settings, device=str(resolve_device(device)))
 
     report("reading run folders")
     runs, sweep_only = _read(run_dirs, sweep_dirs)

@@ -74,6 +74,7 @@ class MeasureSettings:
     prune_targets: int = DEFAULT_PRUNE_TARGETS
     dtype: torch.dtype = torch.float32
     trust_checkpoint: bool = False
+    device: str = "cpu"
 
 
 @dataclass
@@ -145,7 +146,8 @@ def _load(run: RunData, settings: MeasureSettings) -> _Loaded:
     )
     held_out = eval_split_from_config(inputs.config, settings.dtype)
     train = target_subset(inputs.data, settings.train_targets, settings.seed)
-    return _Loaded(inputs.model, inputs.loss, train, held_out)
+    # on the device: evaluate, Problem and prune_eval compute where the model is; the data stays here
+    return _Loaded(inputs.model.to(settings.device), inputs.loss, train, held_out)
 
 
 def _pruning(

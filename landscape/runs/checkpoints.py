@@ -112,8 +112,9 @@ def check_checkpoint_step(path: Path, state: Mapping[str, Any], steps: int) -> i
 
 
 def model_state(model: nn.Module) -> dict[str, Tensor]:
-    """A detached copy of the model's state dict (safe to save while training goes on)."""
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+    """A detached copy of the model's state dict on the CPU (safe to save while training goes on;
+    a checkpoint of a run on a GPU loads anywhere)."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
 def final_payload(model: nn.Module, config: Mapping[str, Any]) -> dict[str, Any]:

@@ -76,6 +76,7 @@ METHOD_OPTIONS = tuple(option.name for option in run_options())
 that does not take one ignores it (in a suite). Each is a :class:`RunConfig` field."""
 
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=-]*$")
+_DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda|cuda:\d+)$")
 
 
 def method_takes(method: str, option: str) -> bool:
@@ -149,7 +150,9 @@ class RunConfig:
     (training data spec; default: the built-in model's data), ``loss`` (default: the model's),
     ``seq_len`` (text built-ins), ``eval_data`` (a separate evaluation set; then all of ``data``
     trains) or ``eval_fraction`` (random held-out part of ``data``, drawn with ``split_seed``),
-    ``init`` (a checkpoint to start from), ``dtype``.
+    ``init`` (a checkpoint to start from), ``dtype``, ``device`` (where to train: ``auto``,
+    ``cpu``, ``cuda``, ``cuda:N``, ``mps``; the model lives there, each batch moves there,
+    checkpoints are saved from CPU copies).
 
     Optimizer: ``method`` (a rule of :data:`landscape.optim.RULES`), ``base`` (``adamw`` or
     ``sgd``; Langevin methods use SGLD), ``lr``, ``momentum`` (SGD), ``weight_decay``;
@@ -169,7 +172,8 @@ class RunConfig:
     Bookkeeping: ``checkpoint_every`` (0: only at the end and on Ctrl-C), ``log_every``,
     ``diagnose_every`` (0: off) with ``diagnose_samples`` and Lanczos/trace budgets, and the
     final analysis (``final_analysis``: default on when diagnosing; ``final_metrics``,
-    ``final_samples``).
+    ``final_samples``, ``max_memory``: the memory limit it is planned for, e.g. ``"12GB"``;
+    default: most of the free device memory).
     """
 
     model: str | None = None
@@ -182,6 +186,7 @@ class RunConfig:
     split_seed: int = 0
     init: str | None = None
     dtype: str = "float32"
+    device: str = "auto"
     method: str = "adamw"
     base: str | None = None
     lr: float | None = None
@@ -201,8 +206,9 @@ class RunConfig:
     diagnose_max_iter: int = 20
     diagnose_trace_samples: int = 24
     final_analysis: bool | None = None
-    final_metrics: str = "eigen,trace,ggn,tau"
+    final_metrics: str = "lambda_max,eigen,lambda_min,trace,ggn,tau"
     final_samples: int | None = None
+    max_memory: str | None = None
     name: str | None = None
     version: int = CONFIG_VERSION
 
@@ -272,6 +278,13 @@ class RunConfig:
             raise UserError(f"method {self.method} reads AdamW's second moments; it needs --base adamw")
         if self.dtype not in DTYPES:
             raise UserError(f"unknown dtype '{self.dtype}' (choose from {', '.join(DTYPES)})")
+        if not isinstance(self.device, str) or not _DEVICE_PATTERN.match(self.device.strip().lower()):
+            # the spelling only: whether this machine has the device is checked where the run starts
+            raise UserError(f"invalid device '{self.device}' (choose from auto, cpu, cuda, cuda:N, mps)")
+        if self.max_memory is not None:
+            from landscape.curvature.budget import parse_memory
+
+            parse_memory(self.max_memory)
         if self.schedule not in SCHEDULES:
             raise UserError(f"unknown schedule '{self.schedule}' (choose from {', '.join(SCHEDULES)})")
 

@@ -191,7 +191,8 @@ def lora_diagnostics(rule: GradientRule, model: nn.Module, subset: Dataset, loss
         if isinstance(rule, EFMLoRA):
             with torch.random.fork_rng(devices=[]):
                 model.eval()
-                rule.ema_sharpness_gap(model, subset.x, subset.y, loss)
+                device = next((p.device for p in model.parameters()), subset.x.device)
+                rule.ema_sharpness_gap(model, subset.x.to(device), subset.y.to(device), loss)
         return rule.diagnostics(model).as_dict()
     finally:
         model.train(was_training)

@@ -160,7 +160,8 @@ def _final_analysis(
     run: PreparedRun, run_dir: Path, summary: RunSummary, report: ProgressCallback
 ) -> list[Path]:
     """The run's own final analysis (its ``final_metrics`` on at most ``final_samples`` training
-    items, analyze's default budgets); copies the headline numbers into ``summary``."""
+    items, analyze's default budgets, on the run's ``device`` within its ``max_memory``); copies
+    the headline numbers into ``summary``."""
     config = run.config
     name = config.name or ""
 
@@ -176,6 +177,7 @@ def _final_analysis(
         dtype=config.torch_dtype(),
         allowed_code=[config.model, config.data, config.loss],  # the run's own, vetted when it started
         step=config.steps,
+        options={"device": config.device, "max_memory": config.max_memory},
         context={
             "eval_loss": summary.eval_loss,
             "eval_accuracy": summary.eval_accuracy,

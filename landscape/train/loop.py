@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from landscape import distributed, runs
 from landscape.errors import UserError
 from landscape.optim import PerturbationRule
@@ -78,6 +80,7 @@ def train_steps(
     last_loss: float | None = None
     started = time.perf_counter() - elapsed
     model.train()
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
 
     def elapsed_now() -> float:
         return time.perf_counter() - started
@@ -133,7 +136,7 @@ def train_steps(
                 index = run.order.next_indices()
                 if world > 1:  # this process's part of the batch; the rule forms the global gradient
                     index = index[rank::world]
-                inputs, targets = run.train.x[index], run.train.y[index]
+                inputs, targets = run.train.x[index].to(device), run.train.y[index].to(device)
                 loss = rule.compute_gradient(model, inputs, targets, loss_fn=loss_name, optimizer=optimizer)
                 last_loss = float(loss)
                 if not math.isfinite(last_loss):

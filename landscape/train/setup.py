@@ -65,13 +65,15 @@ def _build_model(config: RunConfig) -> nn.Module:
     A resumed run rebuilds the same model before its checkpoint's state (adapters included) is
     loaded into it."""
     assert config.model is not None, "resolve the config first"
+    from landscape.distributed import resolve_device
+
     torch.manual_seed(config.seed)
     model = build_model(config.model, **config.model_kwargs).to(config.torch_dtype())
     if config.init is not None:
         _load_init(model, config.init)
     if config.uses_lora:
         add_run_adapters(model, config)
-    return model
+    return model.to(resolve_device(config.device))  # the data stays on the host: batches move
 
 
 def _load_init(model: nn.Module, path: str) -> None:
@@ -140,7 +142,8 @@ def _check_model_fits_data(model: nn.Module, train: Dataset, eval_data: Dataset,
     try:
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
             model.eval()
-            out = unwrap_output(model(train.x[:2]))
+            device = next((p.device for p in model.parameters()), torch.device("cpu"))
+            out = unwrap_output(model(train.x[:2].to(device))).cpu()  # the labels stay on the host
     except UserError:
         raise
     except Exception as exc:
