@@ -52,7 +52,7 @@ def regression():
 """
 
 # eigen (lambda_max, top-1, lambda_min) and trace, small budgets
-METRICS = ["--metrics", "eigen,trace", "--top-k", "1", "--trace-samples", "8", "--max-iter", "40"]
+METRICS = ["--metrics", "lambda_max,eigen,lambda_min,trace", "--top-k", "1", "--trace-samples", "8", "--max-iter", "40"]
 COMPARED = ("loss", "grad_norm", "lambda_max", "lambda_min", "trace", "num_params", "num_targets")
 
 
@@ -131,7 +131,7 @@ def test_folder_through_the_cli_equals_the_api_on_the_model(tmp_path, capsys, da
         reference,
         (inputs, labels),
         "model",
-        "eigen,trace",
+        "lambda_max,eigen,lambda_min,trace",
         dtype=torch.float64,
         top_k=1,
         trace_samples=8,
@@ -216,7 +216,7 @@ def test_peft_adapter_folder_analyses_the_adapter_parameters(tmp_path, capsys, d
         adapted.double(),
         (inputs, shifted),
         "cross_entropy",
-        "eigen,trace",
+        "lambda_max,eigen,lambda_min,trace",
         dtype=torch.float64,
         top_k=1,
         trace_samples=8,
@@ -243,7 +243,7 @@ def test_torch_compile_prefixed_weights_in_a_folder(tmp_path, capsys, data_modul
         model.double(),
         (inputs, labels),
         "model",
-        "eigen,trace",
+        "lambda_max,eigen,lambda_min,trace",
         dtype=torch.float64,
         top_k=1,
         trace_samples=8,
