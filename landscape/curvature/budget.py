@@ -10,9 +10,12 @@ read their budgets from here.
 
 from __future__ import annotations
 
+import ctypes
 import math
 import os
 import re
+import sys
+from typing import Any
 
 import torch
 
@@ -24,6 +27,7 @@ __all__ = [
     "default_budget",
     "format_bytes",
     "parse_memory",
+    "release_free_memory",
     "remaining_budget",
     "used_memory",
 ]
@@ -177,3 +181,28 @@ def remaining_budget(limit: int | None, device: torch.device | str = "cpu") -> i
             f"({format_bytes(used_memory(device))} on {torch.device(device)}); raise --max-memory"
         )
     return min(left, free)
+
+
+_LIBC: Any = None
+
+
+def release_free_memory() -> bool:
+    """Give the C heap's free pages back to the operating system (glibc ``malloc_trim(0)``).
+
+    Between the products of a large model, the allocator keeps the freed activations of the last
+    product as free heap pages, scattered between live blocks, and the next product's allocations
+    do not fit them exactly: the resident size creeps up product after product (measured on the
+    85M GPT-2 body: 9 GB resident for a plan of 7.4 GiB). Trimming after each product keeps the
+    resident size at what is live. Returns whether a trim ran (Linux with glibc only).
+    """
+    global _LIBC
+    if _LIBC is None:
+        try:
+            _LIBC = ctypes.CDLL("libc.so.6") if sys.platform.startswith("linux") else False
+            _LIBC.malloc_trim.argtypes = [ctypes.c_size_t]
+        except (OSError, AttributeError):
+            _LIBC = False
+    if not _LIBC:
+        return False
+    _LIBC.malloc_trim(0)
+    return True

@@ -127,6 +127,15 @@ def matmat_float64(op: LinearOperator, V: Tensor) -> Tensor:
     return op.matmat(V.to(dtype=op.dtype, device=op.device)).to(torch.float64)
 
 
+def _dot_float64(a: Tensor, b: Tensor, chunk: int = 1 << 20) -> float:
+    """``a . b`` accumulated in float64, ``b`` converted one chunk at a time (no float64 copy of a
+    whole vector)."""
+    total = 0.0
+    for start in range(0, a.shape[0], chunk):
+        total += float(a[start : start + chunk] @ b[start : start + chunk].to(torch.float64))
+    return total
+
+
 def basis_dtype(op: LinearOperator) -> torch.dtype:
     """The dtype Krylov vectors are stored in: the operator's (never below float32)."""
     return op.dtype if op.dtype in (torch.float32, torch.float64) else torch.float32
@@ -423,7 +432,9 @@ class _LanczosRecurrence:
         j, p, b, n = self.num_blocks, self.p, self.b, self.n
         if j >= self.max_blocks:
             raise RuntimeError("Lanczos recurrence is already at its maximum number of blocks")
-        current = torch.cat([basis.rows(j * b, (j + 1) * b) for basis in self.bases])  # [p * b, n]
+        blocks = [basis.rows(j * b, (j + 1) * b) for basis in self.bases]
+        current = blocks[0] if p == 1 else torch.cat(blocks)  # [p * b, n]; a view for one recurrence
+        del blocks
         products = self.op.matmat(current.T.to(device=self.op.device, dtype=self.op.dtype))
         residual = products.T.to(device=self.storage, dtype=torch.float64).reshape(p, b, n).contiguous()
         del products, current
@@ -443,7 +454,8 @@ class _LanczosRecurrence:
         else:
             if b == 1:
                 singular = residual.norm(dim=2)  # [p, 1]
-                next_block = residual / singular.clamp_min(torch.finfo(torch.float64).tiny).unsqueeze(-1)
+                # in place: the residual is not needed after it (one float64 block, not two)
+                next_block = residual.div_(singular.clamp_min(torch.finfo(torch.float64).tiny).unsqueeze(-1))
                 coupling = singular.unsqueeze(-1).cpu()
             else:
                 # residual (rows) = U S Vh  =>  next rows Vh and B_j = S U^T (residual = B_j^T Q_{j+1}^T).
@@ -570,6 +582,7 @@ class _ThickRestartLanczos:
         assert self.q is not None and not self.full and not self.breakdown
         m = self.basis.m
         self.basis.append(self.q.unsqueeze(0))
+        self.q = None  # stored now: no float64 copy of it is held during the product
         stored = self.basis.row(m)
         w = self.op.matmat(stored.to(device=self.op.device, dtype=self.op.dtype).unsqueeze(1))
         w = w.to(device=self.storage, dtype=torch.float64).reshape(1, self.n)
@@ -577,7 +590,7 @@ class _ThickRestartLanczos:
         # the recurrence's own terms first (the coupling c to the kept or previous vectors and
         # alpha q), reading only those rows; then full reorthogonalisation, which finds only
         # rounding-level components left, so its DGKS repeat is rarely needed
-        alpha = float(w[0] @ stored.to(torch.float64))
+        alpha = _dot_float64(w[0], stored)
         column = np.append(self.c, alpha)
         self.basis.subtract_rows(w, column)
         self.basis.orthogonalize(w)
@@ -596,7 +609,7 @@ class _ThickRestartLanczos:
             self.q = None
         else:
             self.c[m] = beta
-            self.q = w[0] / beta
+            self.q = w[0].div_(beta)  # in place: one float64 vector between products
 
     def ritz_pairs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Ritz values (ascending), eigenvectors ``S`` of ``T`` and residual norms ``|c . s_i|``."""

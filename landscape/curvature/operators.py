@@ -44,12 +44,14 @@ All products run on the problem's device; its data moves there one chunk at a ti
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.autograd.forward_ad as forward_ad
 from torch import Tensor
 
+from landscape.curvature.budget import release_free_memory
 from landscape.curvature.linear_operator import LinearOperator, SumOperator
 from landscape.curvature.memory import _SavedBytes, default_budget, shared_storages
 from landscape.errors import UserError
@@ -58,6 +60,8 @@ from landscape.problem import Batch, Problem, loss_sum, output_hessian_product
 HVP_METHODS = ("auto", "reuse", "forward-over-reverse", "double-backward")
 # forward-over-reverse replaces a retained graph that fits only when it is clearly faster.
 _REUSE_MARGIN = 0.8
+# Products whose output is at least this large return the allocator's free pages after them.
+_TRIM_BYTES = 64 << 20
 GGN_METHODS = ("auto", "reuse", "stream")
 
 
@@ -65,6 +69,25 @@ def default_memory_budget(device: torch.device | str = "cpu") -> int:
     """Bytes that ``"auto"`` lets retained graphs take: half of the default budget of the device
     (80 % of its free memory), the other half left to the estimators' vectors."""
     return default_budget(device) // 2
+
+
+def _write_flat(out: Tensor, tensors: Sequence[Tensor]) -> None:
+    """Copy ``tensors`` (parameter order) into the flat vector ``out`` (a view may be strided)."""
+    offset = 0
+    for t in tensors:
+        size = t.numel()
+        out[offset : offset + size].copy_(t.reshape(-1))
+        offset += size
+
+
+def _add_flat(total: Tensor, tensors: Sequence[Tensor]) -> None:
+    """``total [k, n] += flatten(tensors)`` tensor by tensor (each ``[k, *shape]``), in place."""
+    offset = 0
+    k = total.shape[0]
+    for t in tensors:
+        size = t[0].numel() if t.dim() else 1
+        total[:, offset : offset + size].add_(t.reshape(k, size))
+        offset += size
 
 
 class _CurvatureOperator(LinearOperator):
@@ -80,12 +103,19 @@ class _CurvatureOperator(LinearOperator):
         return {n: p.detach().requires_grad_(True) for n, p in self.problem.params.items()}
 
     def _matmat(self, V: Tensor) -> Tensor:
-        out = torch.zeros_like(V)
-        for start in range(0, V.shape[1], self.block_size):
-            cols = V[:, start : start + self.block_size]
-            out[:, start : start + cols.shape[1]] = self._block(cols)
+        if V.shape[1] <= self.block_size:  # one block: its result is the output (no copy)
+            out = self._block(V)
+            if not out.is_contiguous():
+                out = out.contiguous()
+        else:
+            out = torch.zeros_like(V)
+            for start in range(0, V.shape[1], self.block_size):
+                cols = V[:, start : start + self.block_size]
+                out[:, start : start + cols.shape[1]] = self._block(cols)
+        if self.device.type == "cpu" and self.n * V.shape[1] * V.element_size() >= _TRIM_BYTES:
+            release_free_memory()  # the product's freed activations back to the system
         # this process's batches give a partial sum; the full-data sum is over all processes
-        return self.problem.all_reduce_(out) / self.problem.num_targets
+        return self.problem.all_reduce_(out).div_(self.problem.num_targets)
 
     def _block(self, V: Tensor) -> Tensor:  # pragma: no cover - abstract
         """Sum over batches of the *summed* (not averaged) product with the columns of V."""
@@ -251,14 +281,18 @@ class HessianOperator(_CurvatureOperator):
             hv = torch.autograd.grad(
                 grads, [leaves[n] for n in names], [vdict[n] for n in names], retain_graph=keep
             )
-            out[:, j] = self.problem.flatten(hv)
+            _write_flat(out[:, j], hv)
+            del hv
         return out
 
     def _block_reuse(self, V: Tensor) -> Tensor:
         assert self._graphs is not None
-        total = torch.zeros_like(V)
+        total: Tensor | None = None
         for leaves, grads in self._graphs:
-            total += self._grad_of_grad(leaves, grads, V, retain=True)
+            part = self._grad_of_grad(leaves, grads, V, retain=True)
+            total = part if total is None else total.add_(part)
+            del part
+        assert total is not None
         return total
 
     def _block_double_backward(self, V: Tensor, batches: list[Batch] | None = None) -> Tensor:
@@ -272,7 +306,7 @@ class HessianOperator(_CurvatureOperator):
         problem = self.problem
         params = {n: p.detach() for n, p in problem.params.items()}
         tangents = problem.unflatten(V.T.contiguous())  # each [k, *shape]
-        total = torch.zeros(V.shape[1], V.shape[0], dtype=V.dtype, device=V.device)
+        total: Tensor | None = None
         for host_batch in batches:
             batch = problem.device_batch(host_batch)
 
@@ -281,10 +315,17 @@ class HessianOperator(_CurvatureOperator):
 
             grad_fn = torch.func.grad(batch_loss)
 
-            def hvp(t: dict[str, Tensor], grad_fn: Any = grad_fn) -> Tensor:
-                return problem.flatten(torch.func.jvp(grad_fn, (params,), (t,))[1])
+            def hvp(t: dict[str, Tensor], grad_fn: Any = grad_fn) -> dict[str, Tensor]:
+                return torch.func.jvp(grad_fn, (params,), (t,))[1]
 
-            total += torch.func.vmap(hvp)(tangents)
+            parts = torch.func.vmap(hvp)(tangents)  # each [k, *shape]
+            if total is None:  # the first chunk's product is the running sum
+                total = problem.flatten(parts)
+            else:  # added in place, tensor by tensor: no flat copy of the chunk's product
+                _add_flat(total, [parts[n] for n in problem.param_names])
+            del parts
+        if total is None:
+            return torch.zeros_like(V)
         return total.T
 
     def diagonal_block_matmat(self, block: slice, V: Tensor) -> Tensor | None:
