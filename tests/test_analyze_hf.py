@@ -52,7 +52,16 @@ def regression():
 """
 
 # eigen (lambda_max, top-1, lambda_min) and trace, small budgets
-METRICS = ["--metrics", "lambda_max,eigen,lambda_min,trace", "--top-k", "1", "--trace-samples", "8", "--max-iter", "40"]
+METRICS = [
+    "--metrics",
+    "lambda_max,eigen,lambda_min,trace",
+    "--top-k",
+    "1",
+    "--trace-samples",
+    "8",
+    "--max-iter",
+    "40",
+]
 COMPARED = ("loss", "grad_norm", "lambda_max", "lambda_min", "trace", "num_params", "num_targets")
 
 
