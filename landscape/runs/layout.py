@@ -44,6 +44,7 @@ __all__ = [
     "METRICS_FILE",
     "REPORT_HTML",
     "REPORT_CSV_FILES",
+    "REPORT_FIGURE_KINDS",
     "REPORT_MARKDOWN",
     "STAGING_PREFIX",
     "SUITE_FILE",
@@ -184,8 +185,22 @@ REPORT_CSV_FILES = frozenset(
 
 # A report's figures: per group "<group>-<kind>.png", the rho sweep "rho-<model>-<data>-<steps>.png"
 # and the vision/language contrast; groups are slugs of letters, digits and dashes.
+REPORT_FIGURE_KINDS = (
+    "loss",
+    "curvature",
+    "tau",
+    "noise",
+    "m-sharpness",
+    "density",
+    "slice-1d",
+    "slice-2d",
+    "path",
+    "pruning",
+)
+"""The kinds of a report group's figures, ``<group>-<kind>.png``."""
+
 _REPORT_FIGURE = re.compile(
-    r"^(?:[\w-]+-(?:loss|curvature|tau|density|slice-1d|slice-2d|path|pruning)"
+    r"^(?:[\w-]+-(?:" + "|".join(map(re.escape, REPORT_FIGURE_KINDS)) + r")"
     r"|rho-[\w-]+|tau-vision-vs-language)\.png$"
 )
 
