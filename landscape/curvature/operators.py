@@ -20,9 +20,10 @@ retained gradient graph differentiates its forward and backward halves, about 6F
 gradient; forward-over-reverse recomputes the gradient with tangents (primal 3F + tangent 6F =
 3x); double-backward rebuilds the graph (3F) and differentiates it (6F) = 3x, with more
 overhead. Measured on GPT-2 shapes, 8 x 64 tokens, CPU: reuse 1.7-1.9x a gradient up to 3.3M
-parameters, where forward-over-reverse costs 3.4-4.5x; on the 85M body (2 threads) the order
-turns: reuse 2.6x, forward-over-reverse 1.2x (``python -m benchmarks scale``). ``"auto"``
-therefore, when the graphs fit the budget, times one product of both on the first chunk and
+parameters, where forward-over-reverse costs 3.4-4.5x; on the 85M body (2 threads, a machine
+shared with other jobs) two runs of ``python -m benchmarks scale`` disagreed on the order: reuse
+2.6x and forward-over-reverse 1.2x, then 1.8x and 2.8x. ``"auto"`` therefore, when the graphs
+fit the budget, times one product of both on the first chunk and
 keeps the retained graphs unless forward-over-reverse is clearly (20 %) faster; otherwise, when forward-mode AD works on the model (probed on one sample), it times one product
 of each streaming route on the first chunk and keeps the faster (on small models the
 per-operation overhead of ``torch.func`` can make double-backward the faster one), else
@@ -179,9 +180,9 @@ class HessianOperator(_CurvatureOperator):
         """Time one single-vector product through the first chunk's retained graph and one by
         forward-over-reverse on the same chunk; forward-over-reverse is kept only when it takes at most ``_REUSE_MARGIN`` of the reuse time (a clear win, so
         that the choice does not flip between runs near the crossover). The retained graph wins
-        on small models (measured 1.7x against 4.5x a gradient on a 0.1M GPT-2); on large ones
-        its double backward costs more than a tangent pass (measured 2.6x against 1.2x on an
-        85M GPT-2 body, 2 CPU threads). The timings are kept in ``route_seconds``."""
+        on small models (measured 1.7x against 4.5x a gradient on a 0.1M GPT-2); on an 85M GPT-2
+        body (2 CPU threads, shared machine) two runs gave 2.6x against 1.2x and 1.8x against
+        2.8x, so the order is measured where it runs. The timings are kept in ``route_seconds``."""
         assert self._graphs is not None
         first = self.problem.batches[:1]
         v = torch.zeros(self.n, 1, dtype=self.dtype, device=self.device)
