@@ -45,7 +45,7 @@ All products run on the problem's device; its data moves there one chunk at a ti
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -191,14 +191,7 @@ class HessianOperator(_CurvatureOperator):
             "reuse": lambda: self._grad_of_grad(leaves, grads, v, retain=True),
             "forward-over-reverse": lambda: self._block_forward_over_reverse(v, first),
         }
-        timings = {}
-        for route, run in runs.items():
-            _synchronize(self.device)
-            start = time.perf_counter()
-            run()
-            _synchronize(self.device)
-            timings[route] = time.perf_counter() - start
-        self.route_seconds = timings
+        timings = self._time_routes(runs)
         return timings["forward-over-reverse"] <= _REUSE_MARGIN * timings["reuse"]
 
     def _fastest_streaming_route(self) -> str:
@@ -208,18 +201,25 @@ class HessianOperator(_CurvatureOperator):
         overhead of ``torch.func`` dominates. The timings are kept in ``route_seconds``."""
         first = self.problem.batches[:1]
         v = torch.zeros(self.n, 1, dtype=self.dtype, device=self.device)
+        timings = self._time_routes(
+            {
+                "forward-over-reverse": lambda: self._block_forward_over_reverse(v, first),
+                "double-backward": lambda: self._block_double_backward(v, first),
+            }
+        )
+        return min(timings, key=timings.__getitem__)
+
+    def _time_routes(self, runs: dict[str, Callable[[], Any]]) -> dict[str, float]:
+        """Seconds of one call of each route (device synchronised around it), kept in ``route_seconds``."""
         timings = {}
-        for route, run in (
-            ("forward-over-reverse", lambda: self._block_forward_over_reverse(v, first)),
-            ("double-backward", lambda: self._block_double_backward(v, first)),
-        ):
+        for route, run in runs.items():
             _synchronize(self.device)
             start = time.perf_counter()
             run()
             _synchronize(self.device)
             timings[route] = time.perf_counter() - start
         self.route_seconds = timings
-        return min(timings, key=timings.__getitem__)
+        return timings
 
     def _gradient_graph(self, batch: Batch) -> tuple[dict[str, Tensor], tuple[Tensor, ...], Tensor]:
         """Leaves, the batch's summed-loss gradient WITH its graph, and the model outputs."""
