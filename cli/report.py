@@ -66,8 +66,8 @@ def report(
     trust_checkpoint: Annotated[
         bool,
         typer.Option(
-            help="let the runs' checkpoints unpickle objects and name code (import paths) to run; "
-            "trusted files only"
+            help="let the runs' stored configs name code to run (import paths of models, data, losses); "
+            "trusted runs only (checkpoints are always read weights-only)"
         ),
     ] = False,
     quiet: Quiet = False,

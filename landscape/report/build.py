@@ -95,8 +95,9 @@ def build_report(
         train_targets: targets of the training split for the final train loss and accuracy.
         prune_targets: held-out targets on which each pruned model is evaluated.
         notes: extra lines for the provenance section (the demo's settings, for example).
-        trust_checkpoint: let the runs' final checkpoints unpickle objects and name code to run
-            (import paths of models, data, losses); without it only built-ins and data files.
+        trust_checkpoint: let the runs' stored configs name code to run (import paths of models,
+            data, losses); without it only built-ins and data files. Checkpoints are always read
+            weights-only.
         device: where the final weights are evaluated, sliced and pruned (``auto``, ``cpu``,
             ``cuda:N``, ...; :func:`landscape.distributed.resolve_device`). Default: the CPU.
 
