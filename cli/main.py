@@ -33,6 +33,10 @@ from cli.report import demo, report
 from cli.train import prune_eval, train
 from landscape.bounds import (
     BATCH_SIZE,
+    DENSITY_PROBES,
+    DENSITY_STEPS,
+    LAYER_MAX_ITER,
+    LAYER_SAMPLES,
     MAX_ITER,
     SAMPLES,
     SEED,
@@ -127,6 +131,14 @@ def analyze(
     trace_samples: Annotated[int, bounded(TRACE_SAMPLES, "operator products per trace estimate")] = 96,
     tol: Annotated[float, bounded(TOL, "relative accuracy of Lanczos eigenvalues")] = 1e-3,
     max_iter: Annotated[int, bounded(MAX_ITER, "Lanczos steps at most (lambda_min needs the most)")] = 300,
+    layer_samples: Annotated[
+        int, bounded(LAYER_SAMPLES, "products of H and of G shared by the per-layer traces")
+    ] = 48,
+    layer_max_iter: Annotated[
+        int, bounded(LAYER_MAX_ITER, "Lanczos steps per parameter tensor (per-layer lambda_max)")
+    ] = 10,
+    density_probes: Annotated[int, bounded(DENSITY_PROBES, "SLQ probes per spectral density")] = 2,
+    density_steps: Annotated[int, bounded(DENSITY_STEPS, "Lanczos steps per SLQ probe")] = 40,
     params: Annotated[
         str | None, typer.Option(help="only parameters whose names match (comma-separated regexes)")
     ] = None,
@@ -202,6 +214,10 @@ def analyze(
             trace_samples=trace_samples,
             tol=tol,
             max_iter=max_iter,
+            layer_samples=layer_samples,
+            layer_max_iter=layer_max_iter,
+            density_probes=density_probes,
+            density_steps=density_steps,
             exact=exact,
             hvp_method=hvp_method,
             seed=seed,

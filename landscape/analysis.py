@@ -36,7 +36,18 @@ import torch
 from torch import nn
 
 from landscape import metrics as registry
-from landscape.bounds import MAX_ITER, SEED, TOL, TOP_K, TRACE_SAMPLES, JobSize
+from landscape.bounds import (
+    DENSITY_PROBES,
+    DENSITY_STEPS,
+    LAYER_MAX_ITER,
+    LAYER_SAMPLES,
+    MAX_ITER,
+    SEED,
+    TOL,
+    TOP_K,
+    TRACE_SAMPLES,
+    JobSize,
+)
 from landscape.curvature.checks import require_deterministic
 from landscape.curvature.memory import Footprint, Plan, measure_footprint, plan_metric
 from landscape.errors import UserError
@@ -200,6 +211,10 @@ def _settings(chosen: Sequence[Metric], options: Mapping[str, Any], **common: An
         ("max_iter", MAX_ITER),
         ("tol", TOL),
         ("seed", SEED),
+        ("layer_samples", LAYER_SAMPLES),
+        ("layer_max_iter", LAYER_MAX_ITER),
+        ("density_probes", DENSITY_PROBES),
+        ("density_steps", DENSITY_STEPS),
     ):
         bound.check(common[name], name)
     return Settings(**common, options=registry.option_defaults(chosen) | dict(options))
@@ -481,6 +496,8 @@ def analyze(
             streaming = 0
         elif hvp_method == "auto" and plans.hvp_route not in (None, "reuse"):
             hvp_route = plans.hvp_route
+        elif hvp_method == "auto" and plans.hvp_route == "reuse" and plans.budget is not None:
+            streaming = plans.budget  # the timing of forward-over-reverse must fit it too
         # a plan of retained graphs stays "auto": the operator keeps them unless forward-over-reverse
         # is measured clearly faster on the first chunk (large models; see curvature.operators)
         ctx = Context(

@@ -39,6 +39,10 @@ __all__ = [
     "THREADS",
     "TOL",
     "TOP_K",
+    "LAYER_SAMPLES",
+    "LAYER_MAX_ITER",
+    "DENSITY_PROBES",
+    "DENSITY_STEPS",
     "TRACE_SAMPLES",
     "TRAIN_STEPS",
     "Bound",
@@ -155,6 +159,14 @@ TRACE_SAMPLES = Bound.ints(2, 10_000)
 """``--trace-samples``: operator products per trace estimate (XTrace keeps half of them)."""
 TOL = Bound.reals(0.0, 1.0, open_low=True, open_high=True)
 """``--tol``: relative accuracy of the Lanczos eigenvalues."""
+LAYER_SAMPLES = Bound.ints(1, 10_000)
+"""``--layer-samples``: products of H and of G shared by every per-layer trace."""
+LAYER_MAX_ITER = Bound.ints(1, 10_000)
+"""``--layer-max-iter``: Lanczos steps per parameter tensor's lambda_max (one product each)."""
+DENSITY_PROBES = Bound.ints(1, 1_000)
+"""``--density-probes``: SLQ probes (independent Lanczos runs) of each spectral density."""
+DENSITY_STEPS = Bound.ints(2, 10_000)
+"""``--density-steps``: Lanczos steps per SLQ probe."""
 
 # ------------------------------------------------------------------------------------ the slices
 SLICE_STEPS = Bound.ints(2, 2001)

@@ -26,6 +26,8 @@ Usage::
 
     python scripts/gpt2_folder_check.py                                  # the full 124M model, every metric
     python scripts/gpt2_folder_check.py --n-layer 2 --metrics trace,ggn  # a quick check of the plumbing
+    python scripts/gpt2_folder_check.py --vocab-size 256 --metrics lambda_min --max-memory 8GB
+                                         # the 85M byte-level body (GPT-2 small without its vocabulary)
 
 Exit status: 0 when every metric completed.
 """
@@ -75,6 +77,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--n-layer", type=int, default=None, help="override GPT2Config's 12 layers")
     parser.add_argument("--n-embd", type=int, default=None, help="override GPT2Config's 768 width")
     parser.add_argument("--n-head", type=int, default=None, help="override GPT2Config's 12 heads")
+    parser.add_argument(
+        "--vocab-size",
+        type=int,
+        default=None,
+        help="override the 50257 tokens (256: the 85M byte-level body)",
+    )
     parser.add_argument("--samples", type=int, default=8, help="sequences of the text corpus")
     parser.add_argument("--seq-len", type=int, default=64, help="tokens per sequence")
     parser.add_argument("--max-memory", default="12GB", help="analyze's --max-memory, where it has one")
@@ -117,7 +125,12 @@ def build_folder(args: argparse.Namespace, folder: Path) -> int:
 
     overrides = {
         key: value
-        for key, value in (("n_layer", args.n_layer), ("n_embd", args.n_embd), ("n_head", args.n_head))
+        for key, value in (
+            ("n_layer", args.n_layer),
+            ("n_embd", args.n_embd),
+            ("n_head", args.n_head),
+            ("vocab_size", args.vocab_size),
+        )
         if value is not None
     }
     torch.manual_seed(args.seed)

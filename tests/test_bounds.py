@@ -40,6 +40,10 @@ BAD_VALUES: list[tuple[list[str], str]] = [
             "--trace-samples": ["1", "100000"],
             "--tol": ["0", "1", "nan", "-1e-3"],
             "--max-iter": ["1", "100000"],
+            "--layer-samples": ["0", "100000"],
+            "--layer-max-iter": ["0", "100000"],
+            "--density-probes": ["0", "100000"],
+            "--density-steps": ["1", "100000"],
             "--seq-len": ["0", "100000"],
             "--threads": ["0", "100000"],
         }.items()

@@ -88,9 +88,13 @@ METRICS = (
 # through a gradient graph allocates about its saved tensors again (intermediate cotangents, the
 # double-backward formulas' temporaries); forward-over-reverse holds primal and tangent
 # activations per column; a streamed GGN product holds the forward graph and its tangent.
+# Forward-over-reverse is the exception at scale: on the 85M GPT-2 body (8 x 64 tokens, one
+# chunk) one product allocated 2.6x the gradient graph in torch's own count and raised the
+# resident size by 4.2x it (the C heap does not reuse the many mid-sized freed tangents), against
+# 1.1x for the product through a retained graph; its factor is set from the resident size.
 _REVERSE_TRANSIENT = 1.0
 _STREAM_HVP_EXTRA = 0.0
-_FOR_TANGENT = 1.0
+_FOR_TANGENT = 3.0
 _GGN_TANGENT = 1.0
 # Allocator rounding and the small temporaries the model leaves out (measured 0-44 % of the peak
 # above the sum of the parts on MLPs and transformers): the estimate is the sum times this.
@@ -417,13 +421,18 @@ RESIDENT, PRODUCT, BETWEEN, HOST = "resident", "product", "between", "host"
 
 
 def _operator_parts(
-    fp: Footprint, plan: Plan, needs_h: bool, needs_g: bool, columns: int
+    fp: Footprint, plan: Plan, needs_h: bool, needs_g: bool, columns: int, converts: bool = True
 ) -> list[tuple[str, str, int]]:
-    """Retained graphs and one product's transient for the plan's routes, ``columns`` at a time."""
+    """Retained graphs and one product's transient for the plan's routes, ``columns`` at a time.
+
+    A product's own vectors: its output, one chunk's part of it when the data come in several
+    chunks, and (``converts``) its input converted to the compute dtype, which the float64 probes
+    of the trace and density estimators need and a Krylov basis row in that dtype does not.
+    """
     c = plan.chunk_samples or fp.chunk_samples
     vec = fp.vector_bytes
-    # a product's own vectors: its input in the compute dtype, the output and a per-chunk sum
-    parts = [("product vectors", PRODUCT, 3 * columns * vec)]
+    copies = 1 + (1 if math.ceil(fp.num_samples / c) > 1 else 0) + (1 if converts else 0)
+    parts = [("product vectors", PRODUCT, copies * columns * vec)]
     transient = 0
     if needs_h:
         if plan.hvp_route == "reuse":
@@ -453,6 +462,13 @@ def _operator_parts(
     return parts
 
 
+def forward_over_reverse_bytes(graph_bytes: int, vector_bytes: int) -> int:
+    """The estimated peak of one single-column forward-over-reverse product over a chunk whose
+    gradient graph saves ``graph_bytes``: its transient and its output, with the planner's margin
+    (what ``HessianOperator(method="auto")`` must have free to time that route)."""
+    return int(_MARGIN * ((1.0 + _FOR_TANGENT) * graph_bytes + vector_bytes))
+
+
 def _chunk_temporaries(fp: Footprint, rows: int) -> int:
     """The float64 chunk buffer of a basis of ``rows`` vectors and its products with a chunk."""
     from landscape.curvature.eigen import chunk_numbers
@@ -461,20 +477,35 @@ def _chunk_temporaries(fp: Footprint, rows: int) -> int:
     return 2 * 8 * numbers
 
 
-def _lanczos_parts(fp: Footprint, plan: Plan) -> list[tuple[str, str, int]]:
+def _lanczos_parts(fp: Footprint, plan: Plan, n: int | None = None) -> list[tuple[str, str, int]]:
     """Krylov basis in the compute dtype, two float64 working vectors, float64 chunk temporaries
-    (its float64 chunk buffer)."""
+    (its float64 chunk buffer); vectors of ``n`` numbers (default: every parameter)."""
     basis = int(plan.basis_vectors or 0)
-    rows = basis
+    size = fp.num_params if n is None else int(n)
     return [
         (
             f"Krylov basis ({basis} vectors)",
             HOST if plan.basis_device == "host" else RESIDENT,
-            basis * fp.vector_bytes,
+            basis * size * fp.itemsize,
         ),
-        ("Lanczos working vectors", RESIDENT, 2 * 8 * fp.num_params),
-        ("basis chunks in float64", BETWEEN, _chunk_temporaries(fp, rows)),
+        # the float64 residual between products (the product's output while it is converted to
+        # float64 is the operator's; a thick-restart step holds no other float64 vector: measured
+        # on the 85M GPT-2 body, 5.5 GiB resident above the problem for a 5.7 GiB estimate)
+        ("Lanczos working vector", RESIDENT, 8 * size),
+        ("basis chunks in float64", BETWEEN, _chunk_temporaries(replace(fp, num_params=size), basis)),
     ]
+
+
+def _peak(phases: list[list[tuple[str, str, int]]]) -> int:
+    """``resident + max(product, between)`` of the costliest phase (phase 0, the operators, is
+    part of every other phase)."""
+    shared, rest = phases[0], [p for p in phases[1:] if p] or [[]]
+    best = 0
+    for phase in rest:
+        parts = shared + phase
+        total = {kind: sum(v for _, k, v in parts if k == kind) for kind in (RESIDENT, PRODUCT, BETWEEN)}
+        best = max(best, total[RESIDENT] + max(total[PRODUCT], total[BETWEEN]))
+    return best
 
 
 def estimate(fp: Footprint, plan: Plan, request: Request | None = None) -> Plan:
@@ -482,8 +513,11 @@ def estimate(fp: Footprint, plan: Plan, request: Request | None = None) -> Plan:
 
     Peak = 1.15 x (resident (retained graphs, stored bases and probes, working vectors) + the
     larger of one product's transient and the estimator's temporaries between products); a basis
-    kept on the host does not count against a device budget. Measured against the peak of torch's
-    allocations on MLPs and transformers, the estimate lies between 1x and 2x of it.
+    kept on the host does not count against a device budget. A metric that runs its estimators
+    one after the other (``ggn``: Lanczos on G, then the traces; ``layers``: the block traces,
+    then each block's Lanczos run on vectors of that block's size) peaks in the costlier of its
+    phases, not in their sum. Measured against the peak of torch's allocations on MLPs and
+    transformers, the estimate lies between 1x and 2x of it.
     """
     request = request or Request()
     m = plan.metric
@@ -491,11 +525,14 @@ def estimate(fp: Footprint, plan: Plan, request: Request | None = None) -> Plan:
     vec = fp.vector_bytes
     needs_h = m not in ("ggn", "noise")
     needs_g = m in ("ggn", "tau", "density", "layers")
-    parts: list[tuple[str, str, int]] = []
+    lanczos: list[tuple[str, str, int]] = []  # the phases of the estimators, run one after the other
+    traces: list[tuple[str, str, int]] = []
+    other: list[tuple[str, str, int]] = []
     columns = 1
     if m in ("lambda_max", "eigen", "lambda_min", "ggn", "layers"):
         assert plan.basis_vectors is not None
-        parts += _lanczos_parts(fp, plan)
+        block = request.largest_block if m == "layers" else None
+        lanczos += _lanczos_parts(fp, plan, block)
     if m in ("trace", "ggn"):
         s = request.trace_samples
         method = plan.trace_method or request.trace_method
@@ -507,40 +544,43 @@ def estimate(fp: Footprint, plan: Plan, request: Request | None = None) -> Plan:
         elif method == "hutchpp":
             vectors = 4 * (s // 3) * n8
             columns = max(columns, min(b, s // 3))
-        else:
+        else:  # a block of probes, its product in float64 and their elementwise product
             vectors = 3 * min(b, s) * n8
             columns = max(columns, min(b, s))
-        parts.append((f"{method} vectors", RESIDENT, vectors))
+        traces.append((f"{method} vectors", RESIDENT, vectors))
         if m == "ggn":  # tr G and tr H_F by the same sketch also need H
             needs_h = True
     if m == "tau":
-        parts.append(("tau vectors", RESIDENT, 6 * n8))
+        other.append(("tau vectors", RESIDENT, 6 * n8))
     if m == "density":
         p, steps = request.density_probes, min(request.density_steps, fp.num_params)
         where = HOST if plan.basis_device == "host" else RESIDENT
         if plan.slq_mode == "lockstep":
-            parts.append((f"SLQ bases ({p} x {steps} vectors)", where, p * steps * vec))
-            parts.append(("SLQ working vectors", RESIDENT, 3 * p * n8))
-            parts.append(("basis chunks in float64", BETWEEN, _chunk_temporaries(fp, steps)))
+            other.append((f"SLQ bases ({p} x {steps} vectors)", where, p * steps * vec))
+            other.append(("SLQ working vectors", RESIDENT, 3 * p * n8))
+            other.append(("basis chunks in float64", BETWEEN, _chunk_temporaries(fp, steps)))
             columns = p
         elif plan.slq_mode == "sequential":
-            parts.append((f"SLQ basis ({steps} vectors)", where, steps * vec))
-            parts.append(("SLQ working vectors", RESIDENT, 3 * n8))
-            parts.append(("basis chunks in float64", BETWEEN, _chunk_temporaries(fp, steps)))
+            other.append((f"SLQ basis ({steps} vectors)", where, steps * vec))
+            other.append(("SLQ working vectors", RESIDENT, 3 * n8))
+            other.append(("basis chunks in float64", BETWEEN, _chunk_temporaries(fp, steps)))
         else:
-            parts.append(("SLQ recurrence (4 vectors)", RESIDENT, 4 * n8))
+            other.append(("SLQ recurrence (4 vectors)", RESIDENT, 4 * n8))
     if m == "layers":
-        parts.append(("block trace probes", RESIDENT, 3 * min(plan.block_size, request.trace_samples) * n8))
-        columns = max(columns, plan.block_size)
+        block = min(plan.block_size, request.trace_samples)
+        traces.append(("block trace probes", RESIDENT, 3 * block * n8))
+        columns = max(columns, block)
+    operators: list[tuple[str, str, int]] = []
     if m == "noise":
-        chunk = max(1, request.per_sample_chunk)
-        parts.append(("per-sample gradients", RESIDENT, chunk * vec + 4 * n8))
+        chunk = max(1, min(request.per_sample_chunk, fp.num_samples))
+        other.append(("per-sample gradients", RESIDENT, chunk * vec + 4 * n8))
         c = min(chunk, plan.chunk_samples or fp.chunk_samples)
-        parts.append(("per-sample graphs", PRODUCT, fp.grad_graph(c)))
+        other.append(("per-sample graphs", PRODUCT, fp.grad_graph(c)))
     else:
-        parts += _operator_parts(fp, plan, needs_h, needs_g, columns)
-    total = {kind: sum(v for _, k, v in parts if k == kind) for kind in (RESIDENT, PRODUCT, BETWEEN)}
-    peak = _MARGIN * (total[RESIDENT] + max(total[PRODUCT], total[BETWEEN]))
+        krylov_only = m in ("lambda_max", "eigen", "lambda_min")
+        operators = _operator_parts(fp, plan, needs_h, needs_g, columns, converts=not krylov_only)
+    peak = _MARGIN * _peak([operators, lanczos, traces, other])
+    parts = operators + lanczos + traces + other
     named = {(f"host: {name}" if kind == HOST else name): value for name, kind, value in parts}
     return replace(plan, estimate=int(peak), parts=named)
 

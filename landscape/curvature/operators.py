@@ -54,7 +54,12 @@ from torch import Tensor
 
 from landscape.curvature.budget import release_free_memory
 from landscape.curvature.linear_operator import LinearOperator, SumOperator
-from landscape.curvature.memory import _SavedBytes, default_budget, shared_storages
+from landscape.curvature.memory import (
+    _SavedBytes,
+    default_budget,
+    forward_over_reverse_bytes,
+    shared_storages,
+)
 from landscape.errors import UserError
 from landscape.problem import Batch, Problem, loss_sum, output_hessian_product
 
@@ -166,7 +171,10 @@ class HessianOperator(_CurvatureOperator):
         per_batch = probe.bytes + outputs.numel() * outputs.element_size() + self.n * outputs.element_size()
         if per_batch * len(self.problem.batches) + probe.bytes <= budget:
             self._graphs, self._outputs = [(leaves, grads)], [outputs]
-            if self._forward_mode_works() and self._forward_beats_reuse():
+            # timing forward-over-reverse next to the first retained graph must fit the budget too
+            # (on the 85M GPT-2 body it needs 4x the graph); when it does not, the graphs stay
+            timed = per_batch + forward_over_reverse_bytes(probe.bytes, self.n * outputs.element_size())
+            if timed <= budget and self._forward_mode_works() and self._forward_beats_reuse():
                 self._graphs, self._outputs = None, None
                 return "forward-over-reverse"
             self._build_graphs()
@@ -218,6 +226,10 @@ class HessianOperator(_CurvatureOperator):
             run()
             _synchronize(self.device)
             timings[route] = time.perf_counter() - start
+            if self.device.type == "cpu" and self.n * self.dtype.itemsize >= _TRIM_BYTES:
+                # a timed product's freed activations back to the system: left in the heap, they
+                # stay resident under the Krylov basis allocated next (85M GPT-2 body: 1 GB more)
+                release_free_memory()
         self.route_seconds = timings
         return timings
 

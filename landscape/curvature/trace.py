@@ -65,7 +65,9 @@ def rademacher_vectors(
     Drawn column by column, so chunked draws give the same vectors as one draw.
     """
     bits = torch.randint(0, 2, (k, n), generator=generator, dtype=torch.int8)
-    return (2.0 * bits.to(torch.float64) - 1.0).T.to(device)
+    signs = bits.to(torch.float64)
+    del bits
+    return signs.mul_(2.0).sub_(1.0).T.to(device)  # in place: one float64 block, not three
 
 
 def _apply(op: LinearOperator, V: Tensor, block_size: int | None) -> Tensor:
@@ -314,12 +316,20 @@ def trace_estimate(
     method: TraceMethod = "xtrace",
     num_products: int = 100,
     seed: int = 0,
+    block_size: int | None = None,
 ) -> TraceResult:
-    """Dispatch to ``xtrace`` (default: most accurate per product), ``hutchpp`` or ``hutchinson``."""
+    """Dispatch to ``xtrace`` (default: most accurate per product), ``hutchpp`` or ``hutchinson``.
+
+    ``block_size`` bounds the probe columns handled at once (a memory plan's choice; the estimate
+    does not depend on it): Hutchinson draws and applies its probes that many at a time (default
+    32), XTrace and Hutch++ apply their sketches in column chunks of that size (default: one call).
+    """
     estimators = {"xtrace": xtrace, "hutchpp": hutchpp_trace, "hutchinson": hutchinson_trace}
     if method not in estimators:
         raise ValueError(f"unknown trace method {method!r} (choose from {', '.join(estimators)})")
-    return estimators[method](op, num_products, seed=seed)
+    if method == "hutchinson":
+        return hutchinson_trace(op, num_products, seed=seed, block_size=block_size or DEFAULT_BLOCK_SIZE)
+    return estimators[method](op, num_products, seed=seed, block_size=block_size)
 
 
 def _block_bounds(blocks: list[slice] | list[tuple[int, int]], n: int) -> list[tuple[int, int]]:

@@ -181,6 +181,7 @@ class Context:
         self.settings = settings
         self.chosen = tuple(chosen)
         self.plans: dict[str, Plan] = dict(plans or {})
+        self.block_size = max(1, int(block_size))
         self.report: Progress = progress or (lambda _label: None)
         self.H = HessianOperator(
             problem, method=hvp_method, block_size=block_size, memory_budget=memory_budget

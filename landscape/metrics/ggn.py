@@ -70,10 +70,16 @@ def compute(ctx: Context) -> Outcome:
     else:
         method, budget = settings.trace_method, settings.trace_samples
         ctx.report(f"GGN trace ({method})")
-        ggn = trace_estimate(ctx.G, method=method, num_products=budget, seed=next(seeds))
+        ggn = trace_estimate(
+            ctx.G, method=method, num_products=budget, seed=next(seeds), block_size=ctx.block_size
+        )
         ctx.report(f"functional-Hessian trace ({method})")
         functional = trace_estimate(
-            ctx.functional_hessian(), method=method, num_products=budget, seed=next(seeds)
+            ctx.functional_hessian(),
+            method=method,
+            num_products=budget,
+            seed=next(seeds),
+            block_size=ctx.block_size,
         )
     return Outcome(
         {

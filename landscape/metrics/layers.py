@@ -51,8 +51,9 @@ def compute(ctx: Context) -> Outcome:
     slices = [sl for _, sl in blocks]
     ctx.report("per-layer traces")
     probes = next(seeds)
-    htr = block_traces(ctx.H, slices, num_products=settings.layer_samples, seed=probes)
-    gtr = block_traces(ctx.G, slices, num_products=settings.layer_samples, seed=probes)
+    size = ctx.block_size  # the plan's probe columns per call
+    htr = block_traces(ctx.H, slices, num_products=settings.layer_samples, seed=probes, block_size=size)
+    gtr = block_traces(ctx.G, slices, num_products=settings.layer_samples, seed=probes, block_size=size)
     rows: list[dict[str, Any]] = []
     for i, (name, sl) in enumerate(blocks):
         ctx.report(f"per-layer lambda_max: {name}")

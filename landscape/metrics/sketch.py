@@ -64,5 +64,6 @@ def _sketch(ctx: Context) -> SharedTraces:
         ctx.settings.trace_samples,
         seed=next(SEEDS.draw(ctx.settings.seed)),
         include_a=ctx.needed(SKETCH_H),
+        block_size=ctx.block_size,
     )
     return SharedTraces(hessian, ggn, functional)

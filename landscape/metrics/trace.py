@@ -59,6 +59,7 @@ def compute(ctx: Context) -> Outcome:
             method=settings.trace_method,
             num_products=settings.trace_samples,
             seed=next(SEEDS.draw(settings.seed)),
+            block_size=ctx.block_size,
         )
     return Outcome(
         {
