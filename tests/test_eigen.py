@@ -406,6 +406,24 @@ def test_float32_operator_keeps_a_float32_basis_with_float64_arithmetic(network,
     assert seen[-1] == torch.float64
 
 
+def test_float32_basis_swept_in_many_chunks_gives_the_same_values(network, monkeypatch):
+    """The recurrence's subtraction, its dot product and the reorthogonalisation convert a float32
+    basis chunk by chunk into a float64 buffer; with chunks of 16 numbers (the vectors span many of
+    them, the last one partial) the values are those of one chunk, bounded basis or full."""
+    from landscape.curvature import eigen
+
+    A, spectrum = network
+    op = DenseOperator(A.float())
+    whole = [lanczos(op, k=3, tol=1e-6), lanczos(op, k=3, tol=1e-6, max_basis=9)]
+    monkeypatch.setattr(eigen, "_CHUNK_NUMBERS", 16)
+    assert A.shape[0] % 16 != 0 or A.shape[0] > 16
+    chunked = [lanczos(op, k=3, tol=1e-6), lanczos(op, k=3, tol=1e-6, max_basis=9)]
+    for a, b in zip(whole, chunked, strict=True):
+        assert b.num_products == a.num_products
+        assert np.allclose(b.eigenvalues, a.eigenvalues, rtol=1e-9, atol=0)
+        assert relative_errors(b.eigenvalues, spectrum[::-1][:3]).max() < 1e-5
+
+
 def test_host_basis_and_wrappers(network):
     A, spectrum = network
     base = lanczos(A, k=1, tol=1e-8)
