@@ -1157,6 +1157,7 @@ def lanczos(
         rec = _LanczosRecurrence(
             op, start.T.unsqueeze(0), max_blocks=full_steps, generator=generator, basis_device=basis_device
         )
+    del start  # the recurrence holds its own copy: one float64 vector less for the whole run
 
     # Products in the operator's dtype perturb A by about eps(dtype) ||A||: no bound is reported
     # below that rounding level, and a value whose bound reaches it counts as converged.
