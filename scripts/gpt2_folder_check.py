@@ -64,6 +64,7 @@ HEADLINE = {  # the value each metric is known by, as analysis.json names it
     "lambda_max": "lambda_max",
     "lambda_min": "lambda_min",
     "trace": "trace",
+    "noise": "gradient_noise_trace",
     "ggn": "ggn_lambda_max",
     "tau": "tau_logit",
     "density": "lambda_max",

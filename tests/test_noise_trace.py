@@ -185,3 +185,37 @@ def test_the_mean_of_equal_count_samples_is_the_problem_gradient():
         squares += float(sum((t**2).sum() for t in grads))
     expected = squares / len(y) - float(g @ g)
     assert rel(gradient_noise_trace(problem, method="exact").estimate, expected) < 1e-10
+
+
+class BranchingLM(nn.Module):
+    """A transformer whose forward branches on its input's values (as Hugging Face GPT-2 does on
+    its attention mask), which ``torch.func.vmap`` refuses."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: Tensor) -> Tensor:
+        if bool((x >= 0).all()):  # data-dependent control flow: always true here
+            return self.inner(x)
+        return self.inner(x.clamp_min(0))  # pragma: no cover
+
+
+def test_a_model_that_branches_on_its_data_gets_the_same_values_by_a_loop():
+    from landscape.curvature.noise import m_sharpness
+
+    model, x, y, loss = case("lm")
+    branching = BranchingLM(model)
+    with pytest.raises(RuntimeError, match="vmap"):
+        torch.func.vmap(branching)(x.unsqueeze(1))
+    plain = Problem(model, (x, y), loss, batch_size=5)
+    looped = Problem(branching, (x, y), loss, batch_size=5)
+    assert gradient_noise_trace(looped, method="exact").estimate == pytest.approx(
+        dense_noise_trace(model, x, y, loss), rel=1e-11
+    )
+    a = gradient_noise_trace(plain, method="sketch", num_probes=8, seed=3)
+    b = gradient_noise_trace(looped, method="sketch", num_probes=8, seed=3)
+    assert b.samples == pytest.approx(a.samples, rel=1e-10)
+    sa = m_sharpness(plain, [1, 3], draws=2, seed=1)
+    sb = m_sharpness(looped, [1, 3], draws=2, seed=1)
+    assert sb.estimates == pytest.approx(sa.estimates, rel=1e-10)

@@ -163,6 +163,54 @@ def _choose(problem: Problem, method: str, budget: int, chunk_size: int | None) 
 
 
 # ------------------------------------------------------------------------------ per-sample losses
+def _take(x: Any, i: int) -> Any:
+    if isinstance(x, dict):
+        return {k: v[i] for k, v in x.items()}
+    return x[i]
+
+
+def _stacked(outs: list[Any]) -> Any:
+    if isinstance(outs[0], dict):
+        return {k: torch.stack([o[k] for o in outs]) for k in outs[0]}
+    return torch.stack(outs)
+
+
+def _vmap_or_loop(fn: Callable[..., Any], in_dims: tuple[int | None, ...]) -> Callable[..., Any]:
+    """``torch.func.vmap(fn, in_dims)`` (dimension 0 of the mapped arguments), or the same map as a
+    Python loop over that dimension for models whose forward branches on the data, which vmap
+    refuses (Hugging Face GPT-2 tests its attention mask with ``.item()``-like control flow): the
+    first refusal switches to the loop for good. Same values either way; the loop costs one
+    forward per item."""
+    from torch.func import vmap
+
+    batched = vmap(fn, in_dims=in_dims)
+    state = {"loop": False}
+
+    def loop(*args: Any) -> Any:
+        size = next(
+            len(next(iter(a.values()))) if isinstance(a, dict) else len(a)
+            for a, d in zip(args, in_dims, strict=True)
+            if d is not None
+        )
+        outs = [
+            fn(*[a if d is None else _take(a, i) for a, d in zip(args, in_dims, strict=True)])
+            for i in range(size)
+        ]
+        return _stacked(outs)
+
+    def call(*args: Any) -> Any:
+        if not state["loop"]:
+            try:
+                return batched(*args)
+            except RuntimeError as exc:
+                if "vmap" not in str(exc):
+                    raise
+                state["loop"] = True
+        return loop(*args)
+
+    return call
+
+
 def _unsqueezed(inputs: Any) -> Any:
     if isinstance(inputs, dict):
         return {k: v.unsqueeze(0) for k, v in inputs.items()}
@@ -284,10 +332,10 @@ def _merge_processes(problem: Problem, moments: _Moments) -> tuple[float, Tensor
 
 # ----------------------------------------------------------------------------------- estimators
 def _exact(problem: Problem, chunk_size: int) -> tuple[float, int]:
-    from torch.func import grad, vmap
+    from torch.func import grad
 
     params = {n: p.detach() for n, p in problem.params.items()}
-    per_sample_grad = vmap(grad(_sample_loss_sum(problem)), in_dims=(None, 0, 0))
+    per_sample_grad = _vmap_or_loop(grad(_sample_loss_sum(problem)), (None, 0, 0))
     moments = _Moments()
     for inputs, targets, counts in _chunks(problem, chunk_size):
         grads = per_sample_grad(params, inputs, targets)
@@ -309,7 +357,7 @@ def _sketch(problem: Problem, num_probes: int, block: int, seed: int) -> tuple[T
     from torch.func import jvp, vmap
 
     params = {n: p.detach() for n, p in problem.params.items()}
-    per_sample_sum = vmap(_sample_loss_sum(problem), in_dims=(None, 0, 0))
+    per_sample_sum = _vmap_or_loop(_sample_loss_sum(problem), (None, 0, 0))
     chunks = _chunks(problem, _max_chunk(problem))
     generator = seeded_generator(seed)
     values = []
@@ -468,7 +516,6 @@ def m_sharpness(
     ``torch.func.vmap`` in chunks whose per-micro-batch gradients fit ``memory_budget`` bytes.
     Data-parallel problems: each process partitions its own samples; the sums are all-reduced.
     """
-    from torch.func import vmap
 
     ms = tuple(int(m) for m in m_values)
     if not ms or any(m < 1 for m in ms):
@@ -488,7 +535,7 @@ def m_sharpness(
     n = len(targets)
     params = {k: p.detach() for k, p in problem.params.items()}
     gap = _micro_batch_gap(problem, float(rho))
-    batched = vmap(gap, in_dims=(None, 0, 0, 0))
+    batched = _vmap_or_loop(gap, (None, 0, 0, 0))
     per_group = 3 * problem.num_params * _itemsize(problem) + 16 * _largest_block(problem)
     largest = _max_chunk(problem)
 
