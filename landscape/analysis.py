@@ -369,11 +369,9 @@ def _memory_plans(
     }
     traces = [p.trace_method for p in plans.values() if p.trace_method]
     # the planners of the trace estimators and the per-layer probes choose the columns per call
-    blocks = [
-        p.block_size
-        for p in plans.values()
-        if p.block_size > 1 or (p.trace_method and p.basis_vectors is None)
-    ]
+    # (every plan with a trace estimator, ggn's included, whose Lanczos run made the old test
+    # "no basis" skip its probe block: 8 float64 probes at once killed ggn at 124M parameters)
+    blocks = [p.block_size for p in plans.values() if p.trace_method or p.metric == "layers"]
     chunks = [p.chunk_samples for p in plans.values() if p.chunk_samples]
     return _Plans(
         plans,

@@ -195,3 +195,33 @@ def test_cli_max_memory_is_a_size(capsys):
     code = main(["analyze", "--model", "mlp", "--max-memory", "lots"])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: ") and "invalid memory size" in err
+
+
+def test_every_planned_trace_draws_its_probes_in_the_planned_blocks(monkeypatch):
+    """The probe block of a plan is followed by the metric that owns it, ggn's included (its plan
+    also holds a Lanczos basis): a ggn plan of Hutchinson in blocks of 1 draws 1 probe at a time."""
+    import landscape.analysis as analysis_module
+    from landscape.curvature import trace as trace_module
+
+    original_plan, original_draw = analysis_module.plan_metric, trace_module.rademacher_vectors
+    drawn: list[int] = []
+
+    def pinned(name, *args, **kwargs):
+        plan = original_plan(name, *args, **kwargs)
+        if name == "ggn":
+            from dataclasses import replace
+
+            plan = replace(plan, trace_method="hutchinson", block_size=1)
+        return plan
+
+    def spy(n, k, generator, device="cpu"):
+        drawn.append(k)
+        return original_draw(n, k, generator, device)
+
+    monkeypatch.setattr(analysis_module, "plan_metric", pinned)
+    monkeypatch.setattr(trace_module, "rademacher_vectors", spy)
+    model, (x, y), loss = tiny_case("mlp", seed=1)
+    result = analyze(model, (x, y), loss, "ggn", trace_samples=8, seed=0, max_memory=1 << 40)
+    assert result.memory_plans["ggn"]["block_size"] == 1
+    assert any("hutchinson" in note for note in result.notes)
+    assert drawn and max(drawn) == 1
