@@ -369,8 +369,7 @@ def _memory_plans(
     }
     traces = [p.trace_method for p in plans.values() if p.trace_method]
     # the planners of the trace estimators and the per-layer probes choose the columns per call
-    # (every plan with a trace estimator, ggn's included, whose Lanczos run made the old test
-    # "no basis" skip its probe block: 8 float64 probes at once killed ggn at 124M parameters)
+    # every plan with a trace estimator sets it, ggn's too (a plan that also holds a Lanczos basis)
     blocks = [p.block_size for p in plans.values() if p.trace_method or p.metric == "layers"]
     chunks = [p.chunk_samples for p in plans.values() if p.chunk_samples]
     return _Plans(

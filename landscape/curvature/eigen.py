@@ -293,6 +293,11 @@ class _Basis:
                 after.addmm_(Wc, rows.T)
         return after
 
+    def _row_scratch(self) -> tuple[int, Tensor]:
+        """Columns per chunk and the reusable float64 buffer that holds one row's chunk."""
+        width = min(chunk_numbers(self.device), self.n)
+        return width, self._buffer.get(width, width, self.device)
+
     def subtract_rows(self, W: Tensor, coefficients: np.ndarray) -> None:
         """``W -= sum_i c_i Q[i]`` over the nonzero ``coefficients`` only (reads only those rows).
 
@@ -306,8 +311,7 @@ class _Basis:
             for i in rows:
                 W.sub_(self.row(i), alpha=float(coefficients[i]))
             return
-        width = min(chunk_numbers(self.device), self.n)
-        buffer = self._buffer.get(width, width, self.device)
+        width, buffer = self._row_scratch()
         with _one_thread_on_cpu(self.device):
             for start in range(0, self.n, width):
                 k = min(width, self.n - start)
@@ -322,8 +326,7 @@ class _Basis:
         row = self.row(i)
         if self.dtype == torch.float64:
             return float(w @ row)
-        width = min(chunk_numbers(self.device), self.n)
-        buffer = self._buffer.get(width, width, self.device)
+        width, buffer = self._row_scratch()
         total = torch.zeros((), dtype=torch.float64, device=w.device)
         with _one_thread_on_cpu(self.device):
             for start in range(0, self.n, width):
