@@ -487,7 +487,11 @@ def analyze(
         report("building operators")
         loss_value = problem.loss_value()
         hvp_route, streaming = hvp_method, None
-        if hvp_method == "auto" and plans.hvp_route == "forward-over-reverse":
+        if hvp_method == "auto" and not any(metric.hessian for metric in chosen):
+            # nothing multiplies by H (noise, m_sharpness): no graphs to retain, no route to time
+            # (at 124M parameters the retained graphs and the timing held 2-4 GB for nothing)
+            hvp_route = "double-backward"
+        elif hvp_method == "auto" and plans.hvp_route == "forward-over-reverse":
             # a streaming route: the operator times forward-over-reverse and double-backward on the
             # first chunk and keeps the faster that works (same memory for one column at a time)
             streaming = 0

@@ -236,3 +236,28 @@ def test_host_basis_gives_the_same_result(network):
     device = slq(A, 3, 30, seed=5, mode="lockstep")
     host = slq(A, 3, 30, seed=5, mode="lockstep", basis_device="host")
     assert torch.equal(device.nodes, host.nodes) and torch.equal(device.weights, host.weights)
+
+
+def test_short_recurrence_holds_only_its_vectors_at_scale():
+    """The recurrence holds its four float64 vectors and the product's, nothing of size [p, n]
+    more: one probe at a time, drawn when its turn comes, and row operations in place (at 124M
+    parameters each float64 vector is 1 GB)."""
+    from landscape.curvature.linear_operator import LinearOperator
+    from landscape.curvature.memory import torch_peak_bytes
+
+    class Diagonal(LinearOperator):
+        def __init__(self, d: torch.Tensor) -> None:
+            super().__init__(d.numel(), d.dtype)
+            self.d = d
+
+        def _matmat(self, V: torch.Tensor) -> torch.Tensor:
+            return self.d.unsqueeze(1) * V
+
+    n = 200_000
+    op = Diagonal(torch.linspace(-1.0, 2.0, n, dtype=torch.float32))
+    found, peak = torch_peak_bytes(lambda: slq(op, 3, 6, seed=0, mode="recurrence"))
+    products = 2 * 4 * n  # the operator's float32 input and output
+    assert peak <= slq_memory(n, 3, 6, 4, "recurrence") + products + 64 * 1024
+    assert found.num_products == 18
+    exact = slq(op, 3, 6, seed=0, mode="sequential")  # same probes, 6 steps: no ghosts yet
+    assert found.moment(2)[0] == pytest.approx(exact.moment(2)[0], rel=1e-8)

@@ -189,6 +189,24 @@ def test_plan_prefers_speed_and_shrinks_to_the_budget():
     assert tight.to_dict()["fits"] is True
 
 
+def test_eigen_is_planned_as_the_top_k_run_it_is():
+    """``eigen`` runs Lanczos for the largest ``top_k`` only (``lambda_min`` is its own metric):
+    the smallest basis it is given is the one of the top end, as for ``lambda_max``. Planned as
+    both ends, the top-2 run of the 124M GPT-2 left the retained graphs for forward-over-reverse."""
+    from landscape.curvature.eigen import minimum_basis
+
+    fp = measure_footprint(lm_problem())
+    request = Request(k=2, max_iter=300)
+    smallest = minimum_basis("LA", 2)
+    bounded = estimate(
+        fp, Plan("eigen", hvp_route="reuse", basis_vectors=smallest, full_basis=False), request
+    )
+    plan = plan_metric("eigen", fp, bounded.estimate, request)
+    assert plan.hvp_route == "reuse" and plan.basis_vectors == smallest
+    top = plan_metric("lambda_max", fp, bounded.estimate, Request(k=2, max_iter=300))
+    assert (top.hvp_route, top.basis_vectors) == (plan.hvp_route, plan.basis_vectors)
+
+
 def test_every_metric_has_a_plan_and_a_one_line_error_when_nothing_fits():
     fp = measure_footprint(digits_mlp_problem(samples=64))
     for metric in METRICS:

@@ -44,6 +44,40 @@ def test_noise_metric_is_the_exact_per_sample_covariance_trace(kind):
     assert forced.gradient_noise_trace == pytest.approx(reference, rel=1e-10)
 
 
+def test_noise_metric_takes_the_analysis_budget_not_a_fixed_one(monkeypatch):
+    """Unset, ``noise_memory_budget`` is what the memory plan allows: a sample's gradient larger
+    than the fixed 1 GiB of the API's default (2.1 GB at 124M parameters) still gets the exact
+    method, in chunks as large as the plan leaves room for beside the per-sample graphs."""
+    import landscape.curvature.noise as noise_module
+
+    model, (x, y), loss = tiny_case("mlp", seed=2, n=24)
+    reference = dense_noise_trace(model, x, y, loss)
+    per_sample = 3 << 29  # 1.5 GiB per sample's gradient, as if the model were large
+    monkeypatch.setattr(noise_module, "_exact_bytes", lambda problem, chunk: chunk * per_sample)
+    chunks = []
+    exact = noise_module._exact
+    monkeypatch.setattr(noise_module, "_exact", lambda p, c: chunks.append(c) or exact(p, c))
+    planned = analyze(model, (x, y), loss, metrics="noise", seed=4, max_memory="6GB")
+    assert planned.gradient_noise_method == "exact"
+    assert planned.gradient_noise_trace == pytest.approx(reference, rel=1e-10)
+    assert len(chunks) == 1 and 1 < chunks[0] < len(y)  # 6 GB less the process: 2 or 3 samples
+    # set explicitly, the option wins over the plan
+    forced = analyze(model, (x, y), loss, metrics="noise", noise_memory_budget=1 << 30, noise_probes=4)
+    assert forced.gradient_noise_method == "sketch"
+
+
+def test_metrics_that_never_multiply_by_h_retain_no_graphs_for_it():
+    """``noise`` and ``m_sharpness`` alone: H streams (nothing retained, no route timed), with the
+    same gradient; with a metric that multiplies by H, the route is chosen as before."""
+    model, (x, y), loss = tiny_case("lm", seed=2, n=24)
+    alone = analyze(model, (x, y), loss, metrics="noise,m_sharpness", m_draws=1)
+    assert alone.hvp_method == "double-backward" and alone.hvp_count == 0
+    with_h = analyze(model, (x, y), loss, metrics="noise,lambda_max")
+    assert with_h.hvp_method == "reuse" and with_h.hvp_count > 0
+    assert alone.grad_norm == pytest.approx(with_h.grad_norm, rel=1e-6)
+    assert alone.gradient_noise_trace == pytest.approx(with_h.gradient_noise_trace, rel=1e-12)
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_noise_metric_sketched_under_a_tiny_budget_is_within_its_standard_error(kind):
     model, (x, y), loss = tiny_case(kind, seed=2, n=24)

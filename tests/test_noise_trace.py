@@ -213,6 +213,14 @@ def test_a_model_that_branches_on_its_data_gets_the_same_values_by_a_loop():
     assert gradient_noise_trace(looped, method="exact").estimate == pytest.approx(
         dense_noise_trace(model, x, y, loss), rel=1e-11
     )
+    # looped, each sample's gradient is folded as it comes: a chunk of 5 holds what a chunk of 1 does
+    from landscape.curvature.memory import torch_peak_bytes
+
+    peaks = [
+        torch_peak_bytes(lambda c=c: gradient_noise_trace(looped, method="exact", chunk_size=c))[1]
+        for c in (1, 5)
+    ]
+    assert peaks[1] <= 1.1 * peaks[0]
     a = gradient_noise_trace(plain, method="sketch", num_probes=8, seed=3)
     b = gradient_noise_trace(looped, method="sketch", num_probes=8, seed=3)
     assert b.samples == pytest.approx(a.samples, rel=1e-10)

@@ -177,6 +177,30 @@ def test_operator_algebra_and_scipy_view(case):
     assert rel(torch.from_numpy(sv), case["H"] @ v) < 1e-12
 
 
+def test_sums_of_operators_add_in_place_and_leave_their_input_alone():
+    """A sum scales and adds into its first term's product; an operator that returns its input
+    (the identity) must not see that input changed."""
+    from landscape.curvature.linear_operator import LinearOperator, SumOperator
+
+    class Identity(LinearOperator):
+        def _matmat(self, V: torch.Tensor) -> torch.Tensor:
+            return V
+
+    g = torch.Generator().manual_seed(5)
+    A = torch.randn(6, 6, dtype=torch.float64, generator=g)
+    A = A + A.T
+    V = torch.randn(6, 3, dtype=torch.float64, generator=g)
+    kept = V.clone()
+    identity = Identity(6, torch.float64)
+    for terms, dense in (
+        ([(-2.0, identity), (3.0, DenseOperator(A))], -2.0 * torch.eye(6, dtype=torch.float64) + 3.0 * A),
+        ([(1.0, identity), (1.0, identity)], 2.0 * torch.eye(6, dtype=torch.float64)),
+        ([(0.5, DenseOperator(A)), (-1.0, identity)], 0.5 * A - torch.eye(6, dtype=torch.float64)),
+    ):
+        assert rel(SumOperator(terms).matmat(V), dense @ kept) < 1e-14
+        assert torch.equal(V, kept)
+
+
 def test_ignore_index_targets_are_skipped():
     model, (x, y), loss = tiny_case("lm")
     y = y.clone()

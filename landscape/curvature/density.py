@@ -250,6 +250,14 @@ def slq(
         itemsize = torch.empty((), dtype=basis_dtype(op)).element_size()
         mode = choose_slq_mode(op.n, int(num_probes), int(num_steps), itemsize, budget)  # type: ignore[assignment]
     generator = seeded_generator(seed)
+    if mode == "recurrence":  # one probe at a time, drawn when its turn comes
+        parts = []
+        for i in range(int(num_probes)):
+            # +-1 is exact in float32: the probe the recurrence starts from costs half a vector
+            probe = rademacher_vectors(op.n, 1, generator, op.device)[:, 0].to(torch.float32)
+            parts.append(lanczos_short_recurrence(op, probe, num_steps, seed=seed + 1 + i))
+            del probe
+        return _density(_stack(parts), op.n, seed, str(mode))
     probes = rademacher_vectors(op.n, int(num_probes), generator, op.device)
     # The restart seed only matters after an (exact) breakdown; derive it from ``seed``.
     if mode == "lockstep":
@@ -259,20 +267,18 @@ def slq(
             lanczos_tridiagonal(op, probes[:, i], num_steps, seed=seed + 1 + i, basis_device=basis_device)
             for i in range(probes.shape[1])
         ]
-    else:
-        parts = [
-            lanczos_short_recurrence(op, probes[:, i], num_steps, seed=seed + 1 + i)
-            for i in range(probes.shape[1])
-        ]
-    tridiagonal = _stack(parts)
+    return _density(_stack(parts), op.n, seed, str(mode))
+
+
+def _density(tridiagonal: LanczosTridiagonal, n: int, seed: int, mode: str) -> SpectralDensity:
     nodes, first_components, _ = tridiagonal.ritz()
     return SpectralDensity(
         nodes=nodes,
         weights=first_components**2,
-        n=op.n,
+        n=n,
         num_products=tridiagonal.num_products,
         seed=int(seed),
-        mode=str(mode),
+        mode=mode,
     )
 
 

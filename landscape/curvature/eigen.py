@@ -823,6 +823,17 @@ def lanczos_tridiagonal(
     )
 
 
+def _row_dots(A: Tensor, B: Tensor) -> Tensor:
+    """``(A * B).sum(dim=1)`` for ``[p, n]`` blocks without a ``[p, n]`` temporary (on the host)."""
+    return torch.stack([torch.dot(a, b) for a, b in zip(A, B, strict=True)]).cpu()
+
+
+def _subtract_scaled_rows(W: Tensor, coefficients: Tensor, B: Tensor) -> None:
+    """``W -= coefficients[:, None] * B`` row by row, in place (no ``[p, n]`` temporary)."""
+    for w, c, b in zip(W, coefficients.tolist(), B, strict=True):
+        w.sub_(b, alpha=c)
+
+
 def lanczos_short_recurrence(
     op: LinearOperator | Tensor | np.ndarray,
     v0: Tensor,
@@ -862,20 +873,24 @@ def lanczos_short_recurrence(
     scale = 0.0
     for j in range(steps):
         W = matmat_float64(op, Q.T).T.contiguous()  # [p, n]
-        alpha = (W * Q).sum(dim=1)
-        W -= alpha.unsqueeze(1) * Q
+        # Row by row and in place: Q, its predecessor and W are the only float64 vectors alive
+        # (no [p, n] temporaries: at 124M parameters one is 1 GB).
+        alpha = _row_dots(W, Q)
+        _subtract_scaled_rows(W, alpha, Q)
         if j > 0:
-            W -= betas[:, j - 1].to(W.device).unsqueeze(1) * previous
+            _subtract_scaled_rows(W, betas[:, j - 1], previous)
         for _ in range(2):  # local reorthogonalisation against q_j and q_{j-1}
-            W -= (W * Q).sum(dim=1, keepdim=True) * Q
-            W -= (W * previous).sum(dim=1, keepdim=True) * previous
-        alphas[:, j] = alpha.cpu()
-        beta = W.norm(dim=1)
+            _subtract_scaled_rows(W, _row_dots(W, Q), Q)
+            _subtract_scaled_rows(W, _row_dots(W, previous), previous)
+        alphas[:, j] = alpha
+        beta = W.norm(dim=1).cpu()
         scale = max(scale, float((alpha.abs() + beta).max()))
         if j + 1 >= n:
             beta = torch.zeros_like(beta)
-        betas[:, j] = beta.cpu()
-        previous, Q = Q, W / beta.clamp_min(torch.finfo(torch.float64).tiny).unsqueeze(1)
+        betas[:, j] = beta
+        W.div_(beta.clamp_min(torch.finfo(torch.float64).tiny).to(W.device).unsqueeze(1))
+        previous, Q = Q, W
+        del W
         dead = beta <= _BREAKDOWN_RTOL * max(scale, torch.finfo(torch.float64).tiny)
         if j + 1 < steps and bool(dead.any()):
             betas[dead.cpu(), j] = 0.0

@@ -124,11 +124,19 @@ class SumOperator(LinearOperator):
         self.terms = [(c, op) for c, op in terms]
 
     def _matmat(self, V: Tensor) -> Tensor:
-        out = None
+        # Summed in place into the first term's product: at most two products of size ``V`` are
+        # alive at once (for H_F = H - G of a 124M model, one float32 vector is 0.5 GB).
+        out: Tensor | None = None
         for c, op in self.terms:
             term = op.matmat(V)
-            term = term if c == 1.0 else c * term
-            out = term if out is None else out + term
+            if out is None:
+                owned = term.data_ptr() != V.data_ptr()  # an operator's own result, not V itself
+                out = term if owned else term.clone()
+                if c != 1.0:
+                    out.mul_(c)
+            else:
+                out.add_(term, alpha=c)
+            del term
         assert out is not None
         return out
 

@@ -98,7 +98,7 @@ _FOR_TANGENT = 3.0
 _GGN_TANGENT = 1.0
 # Allocator rounding and the small temporaries the model leaves out (measured 0-44 % of the peak
 # above the sum of the parts on MLPs and transformers): the estimate is the sum times this.
-_MARGIN = 1.15
+MARGIN = 1.15
 
 
 def torch_peak_bytes(fn: Callable[[], Any], device: torch.device | str = "cpu") -> tuple[Any, int]:
@@ -402,7 +402,7 @@ def _lanczos_steps(metric: str, request: Request) -> int:
 
     if request.max_iter is not None:
         return int(request.max_iter)
-    which = {"lambda_min": "SA", "eigen": "both"}.get(metric, "LA")
+    which = "SA" if metric == "lambda_min" else "LA"  # eigen: the top-k run (lambda_min is its own)
     return default_max_iter(which, request.k)
 
 
@@ -410,7 +410,7 @@ def _min_basis(metric: str, request: Request) -> int:
     """The smallest thick-restart basis the eigen solvers accept for this metric."""
     from landscape.curvature.eigen import minimum_basis
 
-    which = {"lambda_min": "SA", "eigen": "both"}.get(metric, "LA")
+    which = "SA" if metric == "lambda_min" else "LA"  # eigen: the top-k run (lambda_min is its own)
     return minimum_basis(which, 1 if metric in ("ggn", "layers") else request.k)
 
 
@@ -466,7 +466,7 @@ def forward_over_reverse_bytes(graph_bytes: int, vector_bytes: int) -> int:
     """The estimated peak of one single-column forward-over-reverse product over a chunk whose
     gradient graph saves ``graph_bytes``: its transient and its output, with the planner's margin
     (what ``HessianOperator(method="auto")`` must have free to time that route)."""
-    return int(_MARGIN * ((1.0 + _FOR_TANGENT) * graph_bytes + vector_bytes))
+    return int(MARGIN * ((1.0 + _FOR_TANGENT) * graph_bytes + vector_bytes))
 
 
 def _chunk_temporaries(fp: Footprint, rows: int) -> int:
@@ -579,7 +579,9 @@ def estimate(fp: Footprint, plan: Plan, request: Request | None = None) -> Plan:
     else:
         krylov_only = m in ("lambda_max", "eigen", "lambda_min")
         operators = _operator_parts(fp, plan, needs_h, needs_g, columns, converts=not krylov_only)
-    peak = _MARGIN * _peak([operators, lanczos, traces, other])
+        if m == "density":  # a product of H_F = H - G holds H's product while G's is computed
+            operators.append(("H_F's first product", PRODUCT, columns * vec))
+    peak = MARGIN * _peak([operators, lanczos, traces, other])
     parts = operators + lanczos + traces + other
     named = {(f"host: {name}" if kind == HOST else name): value for name, kind, value in parts}
     return replace(plan, estimate=int(peak), parts=named)

@@ -163,12 +163,6 @@ def _choose(problem: Problem, method: str, budget: int, chunk_size: int | None) 
 
 
 # ------------------------------------------------------------------------------ per-sample losses
-def _take(x: Any, i: int) -> Any:
-    if isinstance(x, dict):
-        return {k: v[i] for k, v in x.items()}
-    return x[i]
-
-
 def _stacked(outs: list[Any]) -> Any:
     if isinstance(outs[0], dict):
         return {k: torch.stack([o[k] for o in outs]) for k in outs[0]}
@@ -256,7 +250,8 @@ def _chunks(problem: Problem, size: int) -> list[tuple[Any, Tensor, Tensor]]:
     return out
 
 
-def _take(inputs: Any, index: Tensor) -> Any:
+def _take(inputs: Any, index: Tensor | int) -> Any:
+    """Inputs (a tensor or a dict of tensors) at ``index`` along the sample dimension."""
     if isinstance(inputs, dict):
         return {k: v[index] for k, v in inputs.items()}
     return inputs[index]
@@ -331,22 +326,40 @@ def _merge_processes(problem: Problem, moments: _Moments) -> tuple[float, Tensor
 
 
 # ----------------------------------------------------------------------------------- estimators
+def _fold(problem: Problem, moments: _Moments, grads: dict[str, Tensor], counts: Tensor) -> None:
+    """Fold a chunk's per-sample gradients (summed losses; ``[c, *shape]`` each) into ``moments``."""
+    scale = (1.0 / counts).to(problem.device)
+    mean: dict[str, Tensor] = {}
+    m2 = 0.0
+    for name in problem.param_names:
+        block = grads.pop(name).to(torch.float64).reshape(len(counts), -1).mul_(scale.unsqueeze(1))
+        mean[name] = block.mean(0)
+        m2 += float(block.sub_(mean[name]).pow_(2).sum())
+    moments.add(float(len(counts)), mean, m2)
+
+
 def _exact(problem: Problem, chunk_size: int) -> tuple[float, int]:
-    from torch.func import grad
+    from torch.func import grad, vmap
 
     params = {n: p.detach() for n, p in problem.params.items()}
-    per_sample_grad = _vmap_or_loop(grad(_sample_loss_sum(problem)), (None, 0, 0))
+    sample_grad = grad(_sample_loss_sum(problem))
+    per_sample_grad = vmap(sample_grad, in_dims=(None, 0, 0))
+    looping = False  # a model whose forward branches on its data: one sample at a time
     moments = _Moments()
     for inputs, targets, counts in _chunks(problem, chunk_size):
-        grads = per_sample_grad(params, inputs, targets)
-        scale = (1.0 / counts).to(problem.device)
-        mean: dict[str, Tensor] = {}
-        m2 = 0.0
-        for name in problem.param_names:
-            block = grads.pop(name).to(torch.float64).reshape(len(counts), -1).mul_(scale.unsqueeze(1))
-            mean[name] = block.mean(0)
-            m2 += float(block.sub_(mean[name]).pow_(2).sum())
-        moments.add(float(len(counts)), mean, m2)
+        if not looping:
+            try:
+                _fold(problem, moments, per_sample_grad(params, inputs, targets), counts)
+                continue
+            except RuntimeError as exc:
+                if "vmap" not in str(exc):
+                    raise
+                looping = True
+        # each sample's gradient folded as it comes: one parameter-sized gradient alive at a time
+        for i in range(len(counts)):
+            one = sample_grad(params, _take(inputs, i), targets[i])
+            _fold(problem, moments, {n: g.unsqueeze(0) for n, g in one.items()}, counts[i : i + 1])
+            del one
     total, m2 = _merge_processes(problem, moments)
     if total == 0:
         raise UserError("no sample has a counted target: the gradient noise is undefined")

@@ -4,7 +4,8 @@ A metric declares, in one place,
 
 * its name, a one-line description and its place in the order of the analysis (``order``);
 * what it needs (``needs``: the GGN operator ``G``, the shared trace sketch, ...), so that an
-  operator is built only when a chosen metric needs it;
+  operator is built only when a chosen metric needs it; ``hessian=False`` for a metric that never
+  multiplies by H (the analysis then retains no gradient graphs for H when no chosen metric does);
 * its compute function ``compute(ctx) -> Outcome`` (and ``exact(ctx)`` for ``exact=True``, from
   the assembled float64 matrices), which reads the operators and the settings from the
   :class:`Context` and returns its numbers under its output keys;
@@ -410,6 +411,7 @@ class Metric:
     diagnostic: Diagnostic | None = None
     headlines: tuple[Headline, ...] = ()
     memory: Callable[[Problem, Settings, tuple[str, ...]], Request | None] | None = None
+    hessian: bool = True
 
     def outputs(self) -> tuple[str, ...]:
         """Every key it writes to ``analysis.json`` (numbers, then records)."""

@@ -111,6 +111,7 @@ METRIC = Metric(
     name="m_sharpness",
     description="m-sharpness S_m, SAM's sharpness on micro-batches of m samples, for each m of m_values",
     order=27,
+    hessian=False,
     keys=(M_VALUES, M_SHARPNESS, STDERR, RHO, DRAWS),
     compute=compute,
     seeds=SEEDS,

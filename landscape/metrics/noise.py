@@ -12,7 +12,8 @@ Noise", arXiv 2509.18001) show that the noise of SAM's perturbation regularises 
 report shows the two side by side. Lower is read as flatter, as in that table.
 
 Exact per-sample gradients by ``torch.func.vmap`` in chunks (standard error 0) when one sample's
-gradient fits ``noise_memory_budget`` bytes, otherwise Hutchinson's estimator of tr(V) from
+gradient fits ``noise_memory_budget`` bytes (default: what ``analyze``'s memory plan leaves beside
+the per-sample graphs; 1 GiB without a plan), otherwise Hutchinson's estimator of tr(V) from
 ``noise_probes`` Rademacher projections of the per-sample gradients, with its standard error
 (:func:`landscape.curvature.noise.gradient_noise_trace`); ``noise_method`` forces either
 (``exact``, ``sketch``; default ``auto``). The sketch's probes come from this metric's own seed
@@ -28,6 +29,8 @@ fit it: exact).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from landscape.metrics.base import (
     Column,
     Context,
@@ -42,6 +45,12 @@ from landscape.metrics.base import (
     Values,
 )
 
+if TYPE_CHECKING:
+    from landscape.curvature.memory import Request
+    from landscape.metrics.base import Settings
+    from landscape.problem import Problem
+
+METRIC_NAME = "noise"
 NOISE_TRACE = "gradient_noise_trace"
 STDERR = "gradient_noise_trace_stderr"
 METHOD = "gradient_noise_method"
@@ -56,20 +65,59 @@ SEEDS = SeedStream.named("noise")
 
 OPTIONS = {
     "noise_method": "auto",  # auto, exact or sketch
-    "noise_memory_budget": 1 << 30,  # bytes (landscape.curvature.noise.DEFAULT_MEMORY_BUDGET)
+    # bytes; 0: what the analysis's memory plan leaves beside the per-sample graphs, or, unplanned,
+    # landscape.curvature.noise.DEFAULT_MEMORY_BUDGET (1 GiB)
+    "noise_memory_budget": 0,
     "noise_probes": 64,  # sketch probes (landscape.curvature.noise.DEFAULT_NUM_PROBES)
 }
+
+
+def _budget(ctx: Context) -> tuple[int, int | None]:
+    """``(memory budget, samples per chunk)`` of the exact per-sample gradients.
+
+    ``noise_memory_budget`` when set; otherwise (0) the analysis's planned budget, with chunks of
+    as many samples as fit beside their per-sample graphs (at 124M parameters one sample's
+    gradient and its float64 working copies take 2.1 GB, over the fixed 1 GiB, which sent the
+    estimate to the sketch: 64 forward-mode passes instead of one gradient per sample).
+    """
+    from landscape.curvature.memory import MARGIN
+    from landscape.curvature.noise import DEFAULT_MEMORY_BUDGET, noise_trace_memory
+
+    asked = int(ctx.settings.option("noise_memory_budget"))
+    if asked:
+        return asked, None
+    plan = ctx.plan(METRIC_NAME)
+    if plan is None or not plan.budget:
+        return DEFAULT_MEMORY_BUDGET, None
+    graph = int(plan.parts.get("per-sample graphs", 0))  # one sample's
+    room = int(plan.budget / MARGIN)
+    largest = max(b.num_samples for b in ctx.problem.batches)
+    chunk = 1
+    while (
+        chunk < largest and noise_trace_memory(ctx.problem, "exact", chunk + 1) + (chunk + 1) * graph <= room
+    ):
+        chunk += 1
+    return max(1, int(plan.budget) - graph), chunk
+
+
+def memory(problem: Problem, settings: Settings, chosen: tuple[str, ...]) -> Request:
+    """The planner's request: one sample's gradient at a time at the least."""
+    from landscape.curvature.memory import Request
+
+    return Request(per_sample_chunk=1)
 
 
 def _measure(ctx: Context, method: str) -> Outcome:
     from landscape.curvature.noise import gradient_noise_trace
 
     settings = ctx.settings
+    budget, chunk = _budget(ctx)
     ctx.report(f"gradient-noise trace ({method})")
     result = gradient_noise_trace(
         ctx.problem,
         method=method,  # type: ignore[arg-type]
-        memory_budget=int(settings.option("noise_memory_budget")),
+        memory_budget=budget,
+        chunk_size=chunk,
         num_probes=int(settings.option("noise_probes")),
         seed=next(SEEDS.draw(settings.seed)),
     )
@@ -103,12 +151,14 @@ def _note(values: Values) -> str:
 
 
 METRIC = Metric(
-    name="noise",
+    name=METRIC_NAME,
     description="gradient-noise trace tr(V) of the per-sample gradients (exact by vmap, else sketched)",
     order=25,
+    hessian=False,
     keys=(NOISE_TRACE, STDERR, METHOD, SAMPLES, PROBES),
     compute=compute,
     exact=exact,
+    memory=memory,
     seeds=SEEDS,
     options=OPTIONS,
     rows=(Row("tr(V)", NOISE_TRACE, error=STDERR, note=_note),),
