@@ -122,8 +122,9 @@ def _measured(problem: Problem, metric: str, plan: Plan, request: Request) -> in
             trace_estimate(H, plan.trace_method, request.trace_samples)
         elif metric == "density":
             H = HessianOperator(problem, method=plan.hvp_route)
-            GGNOperator(problem, method=plan.ggn_route, hessian=H)
-            slq(H, request.density_probes, request.density_steps, mode=plan.slq_mode)
+            G = GGNOperator(problem, method=plan.ggn_route, hessian=H)
+            for op in (H, G, H - G):  # as the density metric does
+                slq(op, request.density_probes, request.density_steps, mode=plan.slq_mode)
 
     return torch_peak_bytes(run)[1]
 

@@ -162,7 +162,8 @@ def slq_memory(n: int, num_probes: int, num_steps: int, itemsize: int, mode: str
 
     lockstep: ``p`` bases of ``m`` vectors in the operator's dtype plus ``3 p`` float64 working
     vectors; sequential: one basis and 3 working vectors (and the basis's float64 chunk buffer,
-    4 MiB on a CPU); recurrence: 4 float64 vectors.
+    4 MiB on a CPU); recurrence: the probe and two recurrence vectors in the operator's dtype and
+    one float64 vector.
     """
     m = min(num_steps, n)
     chunk = 8 * 2 * min(_CHUNK_NUMBERS, m * n)  # the float64 chunk buffer of the bases and products
@@ -170,13 +171,13 @@ def slq_memory(n: int, num_probes: int, num_steps: int, itemsize: int, mode: str
         return num_probes * m * n * itemsize + 3 * num_probes * 8 * n + chunk
     if mode == "sequential":
         return m * n * itemsize + 3 * 8 * n + chunk
-    return 4 * 8 * n
+    return 3 * itemsize * n + 8 * n
 
 
 def choose_slq_mode(n: int, num_probes: int, num_steps: int, itemsize: int, budget: int) -> str:
     """The fastest SLQ mode whose vectors fit ``budget`` bytes: lockstep, sequential, recurrence.
 
-    Raises :class:`UserError` when not even the four vectors of the short recurrence fit.
+    Raises :class:`UserError` when not even the vectors of the short recurrence fit.
     """
     for mode in ("lockstep", "sequential", "recurrence"):
         if slq_memory(n, num_probes, num_steps, itemsize, mode) <= budget:

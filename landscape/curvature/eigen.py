@@ -823,15 +823,26 @@ def lanczos_tridiagonal(
     )
 
 
-def _row_dots(A: Tensor, B: Tensor) -> Tensor:
-    """``(A * B).sum(dim=1)`` for ``[p, n]`` blocks without a ``[p, n]`` temporary (on the host)."""
-    return torch.stack([torch.dot(a, b) for a, b in zip(A, B, strict=True)]).cpu()
+def _row_dots(W: Tensor, Q: Tensor) -> Tensor:
+    """``(W * Q).sum(dim=1)`` in float64 for a float64 ``W`` and ``Q`` in any dtype, row by row in
+    chunks (no ``[p, n]`` temporary; a float32 ``Q`` is widened a chunk at a time). On the host."""
+    size = chunk_numbers(W.device)
+    dots = []
+    for w, q in zip(W, Q, strict=True):
+        total = torch.zeros((), dtype=torch.float64, device=W.device)
+        for start in range(0, w.numel(), size):
+            part = q[start : start + size]
+            total += torch.dot(w[start : start + size], part.to(torch.float64))
+        dots.append(total)
+    return torch.stack(dots).cpu()
 
 
-def _subtract_scaled_rows(W: Tensor, coefficients: Tensor, B: Tensor) -> None:
-    """``W -= coefficients[:, None] * B`` row by row, in place (no ``[p, n]`` temporary)."""
-    for w, c, b in zip(W, coefficients.tolist(), B, strict=True):
-        w.sub_(b, alpha=c)
+def _subtract_scaled_rows(W: Tensor, coefficients: Tensor, Q: Tensor) -> None:
+    """``W -= coefficients[:, None] * Q`` row by row in chunks, in place (``Q`` in any dtype)."""
+    size = chunk_numbers(W.device)
+    for w, c, q in zip(W, coefficients.tolist(), Q, strict=True):
+        for start in range(0, w.numel(), size):
+            w[start : start + size].sub_(q[start : start + size].to(torch.float64), alpha=c)
 
 
 def lanczos_short_recurrence(
@@ -845,7 +856,10 @@ def lanczos_short_recurrence(
 
     The plain three-term recurrence ``beta_j q_{j+1} = A q_j - alpha_j q_j - beta_{j-1} q_{j-1}``
     with local reorthogonalisation (the new vector is orthogonalised twice against ``q_j`` and
-    ``q_{j-1}``): ``4 p`` float64 vectors whatever ``num_steps``, ``p`` columns per ``matmat``.
+    ``q_{j-1}``), ``p`` columns per ``matmat``. ``q_j`` and ``q_{j-1}`` are kept in the compute
+    dtype, as a Krylov basis is (float32 for a float32 operator, whose products carry that rounding
+    anyway); the new vector and every dot product are float64: ``2 p`` vectors in the compute dtype
+    and ``p`` in float64, whatever ``num_steps``.
     Without full reorthogonalisation the computed vectors lose global orthogonality once a Ritz
     value converges (Paige 1971) and converged outliers reappear as "ghost" copies; what stays
     accurate is what quadrature needs: the Lanczos process in finite precision is exact Lanczos
@@ -863,7 +877,8 @@ def lanczos_short_recurrence(
     op = as_operator(op)
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
-    Q = _start_rows(op, v0)  # [p, n] float64
+    storage = basis_dtype(op)
+    Q = _start_rows(op, v0).to(storage)  # [p, n]
     p, n = Q.shape
     steps = min(int(num_steps), n)
     generator = seeded_generator(seed)
@@ -872,9 +887,10 @@ def lanczos_short_recurrence(
     previous = torch.zeros_like(Q)
     scale = 0.0
     for j in range(steps):
-        W = matmat_float64(op, Q.T).T.contiguous()  # [p, n]
-        # Row by row and in place: Q, its predecessor and W are the only float64 vectors alive
-        # (no [p, n] temporaries: at 124M parameters one is 1 GB).
+        W = matmat_float64(op, Q.T).T.contiguous()  # [p, n] float64
+        # Q and its predecessor in the compute dtype (like a Krylov basis), W in float64, with
+        # float64 dot products; row by row, in chunks and in place: no [p, n] temporaries (at
+        # 124M parameters a float64 vector is 1 GB).
         alpha = _row_dots(W, Q)
         _subtract_scaled_rows(W, alpha, Q)
         if j > 0:
@@ -889,17 +905,17 @@ def lanczos_short_recurrence(
             beta = torch.zeros_like(beta)
         betas[:, j] = beta
         W.div_(beta.clamp_min(torch.finfo(torch.float64).tiny).to(W.device).unsqueeze(1))
-        previous, Q = Q, W
+        previous, Q = Q, W.to(storage)
         del W
         dead = beta <= _BREAKDOWN_RTOL * max(scale, torch.finfo(torch.float64).tiny)
         if j + 1 < steps and bool(dead.any()):
             betas[dead.cpu(), j] = 0.0
             for i in torch.nonzero(dead).flatten().tolist():
                 x = gaussian_vectors(n, 1, generator, Q.device)[:, 0]
+                last = previous[i].to(torch.float64)
                 for _ in range(2):
-                    x -= (x @ previous[i]) * previous[i]
-                q = x / x.norm()
-                Q[i] = q
+                    x -= (x @ last) * last
+                Q[i] = x / x.norm()
     return LanczosTridiagonal(
         alphas=alphas,
         off_diagonal=betas[:, :-1].contiguous(),

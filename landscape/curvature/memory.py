@@ -565,7 +565,10 @@ def estimate(fp: Footprint, plan: Plan, request: Request | None = None) -> Plan:
             other.append(("SLQ working vectors", RESIDENT, 3 * n8))
             other.append(("basis chunks in float64", BETWEEN, _chunk_temporaries(fp, steps)))
         else:
-            other.append(("SLQ recurrence (4 vectors)", RESIDENT, 4 * n8))
+            from landscape.curvature.density import slq_memory
+
+            vectors = slq_memory(fp.num_params, p, steps, fp.itemsize, "recurrence")
+            other.append(("SLQ recurrence (3 vectors, 1 in float64)", RESIDENT, vectors))
     if m == "layers":
         block = min(plan.block_size, request.trace_samples)
         traces.append(("block trace probes", RESIDENT, 3 * block * n8))
@@ -578,7 +581,9 @@ def estimate(fp: Footprint, plan: Plan, request: Request | None = None) -> Plan:
         other.append(("per-sample graphs", PRODUCT, fp.grad_graph(c)))
     else:
         krylov_only = m in ("lambda_max", "eigen", "lambda_min")
-        operators = _operator_parts(fp, plan, needs_h, needs_g, columns, converts=not krylov_only)
+        # a Krylov row or a recurrence vector arrives in the compute dtype; float64 probes do not
+        converts = not (krylov_only or plan.slq_mode == "recurrence")
+        operators = _operator_parts(fp, plan, needs_h, needs_g, columns, converts=converts)
         if m == "density":  # a product of H_F = H - G holds H's product while G's is computed
             operators.append(("H_F's first product", PRODUCT, columns * vec))
     peak = MARGIN * _peak([operators, lanczos, traces, other])
