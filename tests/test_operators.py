@@ -257,10 +257,14 @@ def test_auto_reuses_graphs_when_they_fit_and_streams_otherwise(monkeypatch):
 @pytest.mark.parametrize("case", ["mlp", "lm"])
 def test_auto_times_the_retained_graph_against_forward_over_reverse(case, monkeypatch):
     """When the graphs fit, auto times one product of each on the first chunk and keeps the
-    retained graph unless forward-over-reverse is clearly faster; either way, exact products."""
+    retained graph unless forward-over-reverse is clearly faster; either way, exact products.
+    Below a graph size where the retained graph always wins, nothing is timed."""
     model, (x, y), loss = tiny_case(case)
     problem = Problem(model, (x, y), loss, dtype=torch.float64)
     reference = dense_hessian(problem, x, y)
+    small = HessianOperator(problem)
+    assert small.method == "reuse" and small.route_seconds == {}
+    monkeypatch.setattr(operators, "_TIME_ROUTES_BYTES", 0)  # as if the graph were large
     H = HessianOperator(problem)
     assert set(H.route_seconds) == {"reuse", "forward-over-reverse"}
     faster = H.route_seconds["forward-over-reverse"] <= operators._REUSE_MARGIN * H.route_seconds["reuse"]

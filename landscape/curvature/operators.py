@@ -66,6 +66,11 @@ from landscape.problem import Batch, Problem, loss_sum, output_hessian_product
 HVP_METHODS = ("auto", "reuse", "forward-over-reverse", "double-backward")
 # forward-over-reverse replaces a retained graph that fits only when it is clearly faster.
 _REUSE_MARGIN = 0.8
+# ... and is timed against it only from this size of the first chunk's gradient graph. Below it
+# the retained graph won every measurement (GPT-2 shapes of 0.1M-3.3M parameters, 8 x 64 tokens:
+# 1.6-1.9x a gradient against 3.4-4.5x), and timing forward-over-reverse, torch.func's first call
+# included, cost more than a whole small analysis (the tau split of the digits MLP: 2x slower).
+_TIME_ROUTES_BYTES = 256 << 20
 # Products whose output is at least this large return the allocator's free pages after them.
 _TRIM_BYTES = 64 << 20
 GGN_METHODS = ("auto", "reuse", "stream")
@@ -174,7 +179,8 @@ class HessianOperator(_CurvatureOperator):
             # timing forward-over-reverse next to the first retained graph must fit the budget too
             # (on the 85M GPT-2 body it needs 4x the graph); when it does not, the graphs stay
             timed = per_batch + forward_over_reverse_bytes(probe.bytes, self.n * outputs.element_size())
-            if timed <= budget and self._forward_mode_works() and self._forward_beats_reuse():
+            worth_timing = probe.bytes >= _TIME_ROUTES_BYTES and timed <= budget
+            if worth_timing and self._forward_mode_works() and self._forward_beats_reuse():
                 self._graphs, self._outputs = None, None
                 return "forward-over-reverse"
             self._build_graphs()
