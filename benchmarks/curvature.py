@@ -30,6 +30,8 @@ from landscape.curvature.density import slq
 from landscape.curvature.eigen import lanczos
 from landscape.curvature.operators import GGNOperator, HessianOperator
 from landscape.curvature.trace import hutchinson_trace, hutchpp_trace, xtrace
+from landscape.metrics import tau as tau_metric
+from landscape.metrics.base import Context, Settings
 from landscape.problem import Problem
 
 BLOCK = 16  # columns per block product (the block size of curvlinops' anchor measurement)
@@ -274,6 +276,7 @@ def cost_section(w: Workload, problem: Problem, report: Report, rounds: int) -> 
 
 
 ANALYZE_ROW = "lambda_max metric (analyze)"
+TAU_AS_ANALYZE = "as analyze() does it"
 ANALYZE_LIBRARY = "landscape (analyze)"  # apart from the lanczos rows that the goals table reads
 PYHESSIAN_DEFAULT = "eigenvalues() defaults (power iteration, tol 1e-3)"
 
@@ -550,28 +553,36 @@ def density_section(w: Workload, problem: Problem, report: Report, quick: bool, 
 def tau_section(problem: Problem, report: Report, rounds: int) -> None:
     """tau_logit/func/cross end to end (operators built, gradient, one HVP, one GGN product).
 
-    Two ways: as ``analyze`` does it today (``problem.gradient()`` and independent operators), and
-    sharing one forward/backward (``GGNOperator(problem, hessian=H)``, ``H.gradient()``). Budgets:
-    one gradient + one HVP + one GGN product, (a) with the reuse routes' graphs already built
-    (the cheapest products there are) and (b) streaming single products (each with its forward).
+    Three ways: as ``analyze`` does it (its ``Context`` with the ``tau`` metric alone: ``H``, the
+    loss and the gradient read off ``H``'s graphs, ``G`` sharing ``H``'s forward, and the split
+    per parameter tensor too); the same with the Python API's two operators
+    (``GGNOperator(problem, hessian=H)``, ``H.gradient()``); and independent operators with
+    ``problem.gradient()``. Budgets: one gradient + one HVP + one GGN product, (a) with the reuse
+    routes' graphs already built (the cheapest products there are) and (b) streaming single
+    products (each with its forward).
     """
 
-    def tau_separate() -> Any:
-        H, G = HessianOperator(problem), GGNOperator(problem)
-        return sharpness_decomposition(H, G, problem.gradient())
+    def tau_analyze() -> Any:
+        ctx = Context(problem, Settings(), [tau_metric.METRIC])
+        return tau_metric.compute(ctx)
 
     def tau_shared() -> Any:
         H = HessianOperator(problem)
         G = GGNOperator(problem, hessian=H)
         return sharpness_decomposition(H, G, H.gradient())
 
+    def tau_separate() -> Any:
+        H, G = HessianOperator(problem), GGNOperator(problem)
+        return sharpness_decomposition(H, G, problem.gradient())
+
     H, G = HessianOperator(problem), GGNOperator(problem)
     Hs, Gs = HessianOperator(problem, method="double-backward"), GGNOperator(problem, method="stream")
     v = torch.randn(problem.num_params, 1, dtype=problem.dtype, generator=torch.Generator().manual_seed(0))
     secs = interleaved(
         {
-            "separate": tau_separate,
+            "analyze": tau_analyze,
             "shared": tau_shared,
+            "separate": tau_separate,
             "grad": problem.gradient,
             "hvp": lambda: H.matmat(v),
             "ggn": lambda: G.matmat(v),
@@ -582,7 +593,11 @@ def tau_section(problem: Problem, report: Report, rounds: int) -> None:
     )
     built = secs["grad"] + secs["hvp"] + secs["ggn"]
     stream = secs["grad"] + secs["hvp_stream"] + secs["ggn_stream"]
-    for key, what in (("separate", "as analyze() does it"), ("shared", "one shared forward (hessian=H)")):
+    for key, what in (
+        ("analyze", TAU_AS_ANALYZE),
+        ("shared", "one shared forward (hessian=H)"),
+        ("separate", "independent operators, problem.gradient()"),
+    ):
         report.add(
             "tau", what, "landscape", ms=1e3 * secs[key], budget_ms=1e3 * built, x_budget=secs[key] / built,
             budget_stream_ms=1e3 * stream, x_budget_stream=secs[key] / stream,

@@ -485,7 +485,6 @@ def analyze(
             settings = replace(settings, trace_method=plans.trace_method)
         report(JobSize(_plan(problem, chosen, settings)))
         report("building operators")
-        loss_value = problem.loss_value()
         hvp_route, streaming = hvp_method, None
         if hvp_method == "auto" and not any(metric.hessian for metric in chosen):
             # nothing multiplies by H (noise, m_sharpness): no graphs to retain, no route to time
@@ -511,8 +510,8 @@ def analyze(
             memory_budget=streaming,
             plans=plans.by_metric,
             progress=report,
-            loss=loss_value,
         )
+        loss_value = ctx.loss
         outcomes: dict[str, Outcome] = {}
         for metric in chosen:
             plan = plans.by_metric.get(metric.name)

@@ -58,6 +58,7 @@ def quantities(kind: str, problem: Problem) -> dict[str, object]:
         "loss": problem.loss_value(),
         "gradient": problem.gradient(),
         "reuse_gradient": H.gradient(),
+        "reuse_loss": H.loss_value(),
         "block": BlockOperator(H, block).matmat(V[block]),
         "ggn": GGNOperator(problem).matmat(V),
     }

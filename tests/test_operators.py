@@ -94,6 +94,10 @@ def test_batch_size_invariance(case, batch_size):
     assert rel(GGNOperator(chunked, method="stream").matmat(V), case["G"] @ V) < 1e-12
     assert rel(chunked.gradient(), whole.gradient()) < 1e-12
     assert abs(chunked.loss_value() - whole.loss_value()) < 1e-13
+    for method in HVP_METHODS:  # read off the retained outputs with "reuse", a forward pass otherwise
+        H = HessianOperator(chunked, method=method)
+        assert abs(H.loss_value() - whole.loss_value()) < 1e-13 * max(1.0, abs(whole.loss_value()))
+        assert rel(H.gradient(), whole.gradient()) < 1e-12
 
 
 def test_gradient_matches_reference(case):

@@ -1103,7 +1103,11 @@ def lanczos(
     on ``lambda_2`` before ``lambda_1`` appears, and a single start vector sees only one copy of a
     repeated eigenvalue (use ``block_size >=`` the multiplicity). The default ``min_iter`` makes the
     first case rare (the Krylov polynomial amplifies the ``u_1`` component like
-    ``T_m(1 + 2 gap ratio)``).
+    ``T_m(1 + 2 gap ratio)``). Measured on a trained 2-layer transformer LM whose top two
+    eigenvalues are 3.9 % apart, ``k=1, tol=1e-3`` over 50 start vectors: a minimum Krylov
+    dimension of 3-5 returned a value more than ``tol`` from ``lambda_1`` as converged for 6 of
+    them, 6 for 4, 8 for none; on a matrix with the same top eigenvalues over a bulk near 0, 400
+    start vectors: 3 for 22 %, 6 for 9 %, 8 for 0.5 %, 10 for none.
 
     ``which``: ``"LA"`` the ``k`` largest (descending); ``"SA"`` the ``k`` smallest (ascending);
     ``"both"`` the ``k`` largest and the smallest from ONE Krylov run, which continues until both

@@ -271,6 +271,22 @@ class HessianOperator(_CurvatureOperator):
             total += self.problem.flatten([g.detach() for g in grads])
         return self.problem.all_reduce_(total) / self.problem.num_targets
 
+    def loss_value(self) -> float:
+        """The full-data mean loss L, as ``problem.loss_value()`` computes it.
+
+        With retained graphs (``"reuse"``) it is read off their model outputs: the loss function
+        only, no forward pass. Otherwise it is ``problem.loss_value()``.
+        """
+        if self._graphs is None or self._outputs is None:
+            return self.problem.loss_value()
+        with torch.no_grad():
+            total = torch.zeros((), dtype=torch.float64, device=self.device)
+            for batch, outputs in zip(self.problem.batches, self._outputs, strict=True):
+                targets = batch.targets.to(self.device, non_blocking=True)
+                total += loss_sum(outputs.detach(), targets, self.problem.loss).to(torch.float64)
+            total = total.cpu()
+        return float(self.problem.all_reduce_(total)) / self.problem.num_targets
+
     def _forward_mode_works(self) -> bool:
         """Whether forward-over-reverse runs on this model, tried on one sample (cheap at any size)."""
         first = self.problem.batches[0]

@@ -178,7 +178,6 @@ class Context:
         from landscape.curvature.operators import GGNOperator, HessianOperator
 
         self.problem = problem
-        self.loss: float = problem.loss_value() if loss is None else float(loss)
         self.settings = settings
         self.chosen = tuple(chosen)
         self.plans: dict[str, Plan] = dict(plans or {})
@@ -187,7 +186,9 @@ class Context:
         self.H = HessianOperator(
             problem, method=hvp_method, block_size=block_size, memory_budget=memory_budget
         )
-        # With retained graphs the gradient and the GGN's linearisation come off H's graphs for free.
+        # With retained graphs the loss, the gradient and the GGN's linearisation come off H's
+        # graphs for free.
+        self.loss: float = self.H.loss_value() if loss is None else float(loss)
         self.gradient: Tensor = self.H.gradient()
         self._ggn = (
             GGNOperator(
