@@ -663,33 +663,55 @@ def render(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
 
 
 def plot(results: list[dict[str, Any]], path: Path) -> None:
-    """Log-log: seconds per product (and per gradient) against parameters x tokens."""
+    """Log-log: seconds per product (and per gradient) against parameters x tokens, and each
+    product's ratio to the gradient. GPT-2 shapes are joined by lines; the ResNet-18 is a family
+    of its own, drawn as unjoined hollow markers of the same colours."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    series: dict[str, list[tuple[float, float]]] = {}
+    fig, (ax, rx) = plt.subplots(1, 2, figsize=(11, 4.5))
+    # (family, label) -> [(size, seconds, ratio)]
+    series: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
     for res in results:
         if "rows" not in res:
             continue
-        size = res["num_params"] * res["tokens"]
-        series.setdefault("gradient", []).append((size, res["gradient_seconds"]))
+        family = str(res.get("spec", {}).get("kind", "gpt2"))
+        size, grad = res["num_params"] * res["tokens"], res["gradient_seconds"]
+        series.setdefault((family, "gradient"), []).append((size, grad, 1.0))
         for r in res["rows"]:
             if "failed" not in r:
-                series.setdefault(f"{r['product']} {r['route']}", []).append((size, r["seconds"]))
+                key = (family, f"{r['product']} {r['route']}")
+                series.setdefault(key, []).append((size, r["seconds"], r["x_gradient"]))
         ph = res.get("pyhessian", {})
         if "seconds" in ph:
-            series.setdefault("PyHessian HVP", []).append((size, ph["seconds"]))
-    for label, points in series.items():
+            series.setdefault((family, "PyHessian HVP"), []).append((size, ph["seconds"], ph["x_gradient"]))
+    labels = list(dict.fromkeys(label for _, label in series))
+    colours = {label: f"C{i}" for i, label in enumerate(x for x in labels if x != "gradient")}
+    colours["gradient"] = "k"
+    for (family, label), points in series.items():
         points.sort()
-        style = "k--" if label == "gradient" else ("s-" if label.startswith("PyHessian") else "o-")
-        ax.loglog([p[0] for p in points], [p[1] for p in points], style, label=label, markersize=4)
-    ax.set_xlabel("parameters x tokens (samples for the CNN)")
+        xs = [p[0] for p in points]
+        marker = "s" if label.startswith("PyHessian") else "o"
+        joined = family == "gpt2"
+        style = {"color": colours[label], "marker": marker, "markersize": 5 if joined else 7}
+        if joined:
+            style |= {"linestyle": "--" if label == "gradient" else "-", "label": label}
+        else:
+            style |= {"linestyle": "none", "markerfacecolor": "none"}
+        ax.loglog(xs, [p[1] for p in points], **style)
+        if label != "gradient":
+            rx.semilogx(xs, [p[2] for p in points], **style)
+    ax.plot([], [], "ko", markerfacecolor="none", linestyle="none", label="ResNet-18 (hollow)")
+    ax.set_xlabel("parameters x tokens (x images for the ResNet-18)")
     ax.set_ylabel("seconds per product")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
+    rx.axhline(1.0, color="k", linestyle="--", linewidth=1)
+    rx.set_xlabel("parameters x tokens (x images for the ResNet-18)")
+    rx.set_ylabel("product / gradient (medians of interleaved rounds)")
+    rx.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
