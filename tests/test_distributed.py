@@ -188,6 +188,7 @@ def worker(rank: int, store: str, out_dir: str) -> None:
         except NotImplementedError as exc:
             results["fmlora"] = str(exc)
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
+        dist.barrier()  # no rank tears its gloo pairs down while the other may still use them
     finally:
         dist.destroy_process_group()
 
@@ -315,6 +316,7 @@ def train_worker(rank: int, store: str, out_dir: str) -> None:
     try:
         train_suite(expand_suite(RunConfig(**TRAIN), TRAIN_METHODS, []), out_dir)
         (Path(store).parent / f"sizes{rank}.json").write_text(json.dumps(sizes))
+        dist.barrier()  # no rank tears its gloo pairs down while the other may still use them
     finally:
         dist.destroy_process_group()
 
@@ -426,6 +428,7 @@ def interrupted_worker(rank: int, store: str, run_dir: str, phase: str) -> None:
                 (Path(store).parent / f"stopped{rank}.json").write_text(json.dumps(exc.step))
         else:
             train_run(None, run_dir, resume=True)
+        dist.barrier()  # no rank tears its gloo pairs down while the other may still use them
     finally:
         dist.destroy_process_group()
 

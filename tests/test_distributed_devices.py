@@ -74,6 +74,9 @@ def worker(rank: int, store: str, out_dir: str, backend: str, kind: str) -> None
         if backend == "nccl":
             assert problem.device == torch.device("cuda", rank)  # its LOCAL_RANK GPU
         torch.save(products(problem), Path(out_dir) / f"rank{rank}.pt")
+        # no rank tears its gloo pairs down while the other may still use them (a rank that
+        # destroyed the group first was seen to abort the other with std::terminate)
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

@@ -17,10 +17,11 @@ from landscape.curvature.eigen import (
     lanczos,
     lanczos_tridiagonal,
     power_iteration,
+    preferred_basis,
     seeded_generator,
     top_eigenvalues,
 )
-from landscape.curvature.linear_operator import DenseOperator
+from landscape.curvature.linear_operator import DenseOperator, LinearOperator
 from landscape.curvature.operators import HessianOperator
 from landscape.errors import UserError
 from landscape.problem import Problem
@@ -144,6 +145,29 @@ def test_the_default_minimum_krylov_dimension_keeps_lambda_2_from_passing_as_lam
 
     assert wrong(min_iter=3) >= 30  # the failure the default guards against is real here
     assert wrong() <= 2
+
+
+def test_the_top_of_a_large_spectrum_keeps_a_short_basis_and_the_same_values():
+    # From 2**20 rows on, lambda_max keeps a 12-vector thick-restart basis unless told otherwise
+    # (cheaper steps); the values and their bounds are those of a full basis, to the tolerance.
+    n = 1 << 20
+    d = torch.linspace(0.0, 1.0, n, dtype=torch.float64)
+    d[-3:] = torch.tensor([1.2, 1.3, 1.5], dtype=torch.float64)
+
+    class Diagonal(LinearOperator):
+        def _matmat(self, V: torch.Tensor) -> torch.Tensor:
+            return d.unsqueeze(1) * V
+
+    assert preferred_basis("LA", 1, n, 60) == 12 and preferred_basis("LA", 1, n - 1, 60) == 60
+    assert preferred_basis("SA", 1, n, 300) == 300  # the bottom keeps the unrestarted polynomial
+    short = lanczos(Diagonal(n, torch.float64), k=1, tol=1e-6, seed=0)
+    full = lanczos(Diagonal(n, torch.float64), k=1, tol=1e-6, seed=0, max_basis=60)
+    assert short.basis_vectors == 12 and short.method == "thick_restart_lanczos"
+    assert short.num_products > 12  # it restarted
+    assert full.basis_vectors == 60 and full.method == "lanczos"
+    for result in (short, full):
+        assert result.converged[0]
+        assert abs(result.eigenvalues[0] - 1.5) <= result.error_bounds[0] <= 1e-6 * 1.5
 
 
 def test_block_lanczos_equals_single_vector_and_dense(network):

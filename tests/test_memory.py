@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from landscape.curvature.density import slq
-from landscape.curvature.eigen import lanczos
+from landscape.curvature.eigen import lanczos, preferred_basis
 from landscape.curvature.memory import (
     METRICS,
     Plan,
@@ -248,7 +248,13 @@ def test_a_bounded_basis_is_what_makes_a_large_model_fit():
     # one vector more than chosen would not fit: the basis is as large as the budget allows
     bigger = estimate(fp, replace(more, basis_vectors=more.basis_vectors + 1), Request())
     assert bigger.estimate > 12 * GIB
-    assert plan_metric("lambda_max", fp, 64 * GIB).full_basis
+    # memory for a full basis: at this size the top of the spectrum still gets the faster bounded
+    # one (reorthogonalising against all of them costs about a product per step)
+    top = plan_metric("lambda_max", fp, 64 * GIB)
+    assert not top.full_basis and top.basis_vectors == preferred_basis("LA", 1, fp.num_params, 60) == 12
+    assert plan_metric("eigen", fp, 64 * GIB, Request(k=5)).basis_vectors == 26  # 2 x (2 k + 3)
+    small = replace(fp, num_params=(1 << 20) - 1)
+    assert plan_metric("lambda_max", small, 64 * GIB).full_basis
     with pytest.raises(UserError, match="lambda_max needs about .* memory budget of 2 GiB"):
         plan_metric("lambda_max", fp, 2 * GIB)
 

@@ -414,6 +414,17 @@ def _min_basis(metric: str, request: Request) -> int:
     return minimum_basis(which, 1 if metric in ("ggn", "layers") else request.k)
 
 
+def _preferred_basis(metric: str, request: Request, num_params: int, full: int) -> int:
+    """The basis the planner offers first when memory allows: the full one, except for a top-of-
+    spectrum run on a large model, where the thick-restart basis of
+    :func:`~landscape.curvature.eigen.preferred_basis` is faster."""
+    from landscape.curvature.eigen import preferred_basis
+
+    if metric not in ("lambda_max", "eigen", "ggn"):  # ggn: lambda_max(G) over all parameters
+        return full
+    return preferred_basis("LA", 1 if metric == "ggn" else request.k, num_params, full)
+
+
 # Parts of an estimate: what stays allocated for the whole metric ("resident"), what one product
 # allocates while it runs ("product") and what the estimator allocates between products
 # ("between": float64 chunks of a basis). The peak is resident + max(product, between).
@@ -611,8 +622,10 @@ def _candidates(metric: str, fp: Footprint, request: Request, on_cuda: bool) -> 
             if metric in lanczos_metrics:
                 full = min(steps, fp.num_params)
                 smallest = min(_min_basis(metric, request), full)
-                # a full basis, then the smallest bounded one (plan_metric grows it to the budget)
-                for size in dict.fromkeys((full, smallest)):
+                preferred = max(smallest, _preferred_basis(metric, request, fp.num_params, full))
+                # the preferred basis (full, or bounded for the top of a large model's spectrum),
+                # then the smallest bounded one (plan_metric grows it to the budget)
+                for size in dict.fromkeys((preferred, smallest)):
                     for storage in ("device", "host") if on_cuda else ("device",):
                         plans.append(
                             replace(base, basis_vectors=size, full_basis=size >= full, basis_device=storage)
@@ -667,7 +680,8 @@ def _largest_basis(fp: Footprint, plan: Plan, request: Request, budget: int) -> 
     """The bounded plan with the most Krylov vectors that still fits (bisection: the estimate
     grows with the basis), below the full basis."""
     full = min(_lanczos_steps(plan.metric, request), fp.num_params)
-    low, high = int(plan.basis_vectors or 1), full - 1
+    preferred = _preferred_basis(plan.metric, request, fp.num_params, full)
+    low, high = int(plan.basis_vectors or 1), min(full - 1, preferred)
     best = plan
     while low < high:
         mid = (low + high + 1) // 2
@@ -693,7 +707,8 @@ def plan_metric(
     Preference (fastest first): retained graphs (``reuse``: about 2x a gradient per product)
     over forward-over-reverse (3x) over double-backward; then bigger chunks over smaller (halving
     down to one sample); a full Lanczos basis over a bounded thick-restart one (the most vectors
-    that fit, not fewer than the solver accepts), on the device over the host (CUDA only); SLQ in
+    that fit, not fewer than the solver accepts; for the top of the spectrum of a model of 2**20
+    parameters or more, at most :func:`~landscape.curvature.eigen.preferred_basis`), on the device over the host (CUDA only); SLQ in
     lockstep over sequential over the short recurrence; XTrace over Hutch++ over Hutchinson, in
     halving blocks. ``hvp_route``/``ggn_route`` other than ``"auto"`` pin the
     route. Raises :class:`UserError` naming the metric, the smallest estimate and the budget when
