@@ -400,11 +400,15 @@ class Problem:
         """The full-data mean loss L(theta)."""
         params = self.params if params is None else params
         with torch.no_grad():
-            total = torch.zeros((), dtype=torch.float64, device=self.device)
-            for b in self.batches:
-                total += self.batch_loss_sum(params, b).to(torch.float64)
-            total = total.cpu()
-        return float(self.all_reduce_(total)) / self.num_targets
+            return self.mean_loss(self.batch_loss_sum(params, b) for b in self.batches)
+
+    def mean_loss(self, batch_sums: Iterable[Tensor]) -> float:
+        """The full-data mean loss from each batch's summed loss (in the order of ``batches``):
+        accumulated in float64, summed over the processes, divided by the target count."""
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        for batch_sum in batch_sums:
+            total += batch_sum.detach().to(torch.float64)
+        return float(self.all_reduce_(total.cpu())) / self.num_targets
 
     def gradient(self, params: dict[str, Tensor] | None = None) -> Tensor:
         """The full-data gradient grad L(theta) as a flat vector."""

@@ -1104,8 +1104,8 @@ def lanczos(
     as many as ``memory_budget`` bytes allow (default: most of the free memory of the storage
     device, :func:`basis_capacity`), up to :func:`preferred_basis` (a full basis, except for the
     top of the spectrum from ``2**20`` rows on, where a 12-vector thick-restart basis is faster
-    than reorthogonalising against all of them). Vectors are stored in the operator's dtype with float64
-    dot products and coefficients; ``basis_device="host"`` keeps them in (pinned) host memory
+    than reorthogonalising against all of them). Vectors are stored in the operator's dtype with
+    float64 dot products and coefficients; ``basis_device="host"`` keeps them in (pinned) host memory
     when the accelerator is short.
 
     Stopping: after every step (an ``m x m`` eigenproblem, negligible next to a product) each

@@ -406,23 +406,31 @@ def _lanczos_steps(metric: str, request: Request) -> int:
     return default_max_iter(which, request.k)
 
 
+def _krylov_run(metric: str, request: Request) -> tuple[str, int]:
+    """``(which, k)`` of the metric's Lanczos run (eigen: the top-k run; lambda_min is its own;
+    ggn and layers: lambda_max of G and of each block)."""
+    which = "SA" if metric == "lambda_min" else "LA"
+    return which, 1 if metric in ("ggn", "layers") else request.k
+
+
 def _min_basis(metric: str, request: Request) -> int:
     """The smallest thick-restart basis the eigen solvers accept for this metric."""
     from landscape.curvature.eigen import minimum_basis
 
-    which = "SA" if metric == "lambda_min" else "LA"  # eigen: the top-k run (lambda_min is its own)
-    return minimum_basis(which, 1 if metric in ("ggn", "layers") else request.k)
+    return minimum_basis(*_krylov_run(metric, request))
 
 
 def _preferred_basis(metric: str, request: Request, num_params: int, full: int) -> int:
     """The basis the planner offers first when memory allows: the full one, except for a top-of-
     spectrum run on a large model, where the thick-restart basis of
-    :func:`~landscape.curvature.eigen.preferred_basis` is faster."""
+    :func:`~landscape.curvature.eigen.preferred_basis` is faster (layers: its runs are over
+    blocks smaller than ``num_params``, planned as they are)."""
     from landscape.curvature.eigen import preferred_basis
 
-    if metric not in ("lambda_max", "eigen", "ggn"):  # ggn: lambda_max(G) over all parameters
+    if metric == "layers":
         return full
-    return preferred_basis("LA", 1 if metric == "ggn" else request.k, num_params, full)
+    which, k = _krylov_run(metric, request)
+    return preferred_basis(which, k, num_params, full)
 
 
 # Parts of an estimate: what stays allocated for the whole metric ("resident"), what one product
@@ -622,7 +630,7 @@ def _candidates(metric: str, fp: Footprint, request: Request, on_cuda: bool) -> 
             if metric in lanczos_metrics:
                 full = min(steps, fp.num_params)
                 smallest = min(_min_basis(metric, request), full)
-                preferred = max(smallest, _preferred_basis(metric, request, fp.num_params, full))
+                preferred = _preferred_basis(metric, request, fp.num_params, full)
                 # the preferred basis (full, or bounded for the top of a large model's spectrum),
                 # then the smallest bounded one (plan_metric grows it to the budget)
                 for size in dict.fromkeys((preferred, smallest)):
@@ -708,10 +716,10 @@ def plan_metric(
     over forward-over-reverse (3x) over double-backward; then bigger chunks over smaller (halving
     down to one sample); a full Lanczos basis over a bounded thick-restart one (the most vectors
     that fit, not fewer than the solver accepts; for the top of the spectrum of a model of 2**20
-    parameters or more, at most :func:`~landscape.curvature.eigen.preferred_basis`), on the device over the host (CUDA only); SLQ in
-    lockstep over sequential over the short recurrence; XTrace over Hutch++ over Hutchinson, in
-    halving blocks. ``hvp_route``/``ggn_route`` other than ``"auto"`` pin the
-    route. Raises :class:`UserError` naming the metric, the smallest estimate and the budget when
+    parameters or more, at most :func:`~landscape.curvature.eigen.preferred_basis`), on the
+    device over the host (CUDA only); SLQ in lockstep over sequential over the short recurrence;
+    XTrace over Hutch++ over Hutchinson, in halving blocks. ``hvp_route``/``ggn_route`` other
+    than ``"auto"`` pin the route. Raises :class:`UserError` naming the metric, the smallest estimate and the budget when
     nothing fits.
     """
     if metric not in METRICS:

@@ -279,13 +279,12 @@ class HessianOperator(_CurvatureOperator):
         """
         if self._graphs is None or self._outputs is None:
             return self.problem.loss_value()
+        problem = self.problem
         with torch.no_grad():
-            total = torch.zeros((), dtype=torch.float64, device=self.device)
-            for batch, outputs in zip(self.problem.batches, self._outputs, strict=True):
-                targets = batch.targets.to(self.device, non_blocking=True)
-                total += loss_sum(outputs.detach(), targets, self.problem.loss).to(torch.float64)
-            total = total.cpu()
-        return float(self.problem.all_reduce_(total)) / self.problem.num_targets
+            return problem.mean_loss(
+                loss_sum(outputs.detach(), batch.targets.to(self.device), problem.loss)
+                for batch, outputs in zip(problem.batches, self._outputs, strict=True)
+            )
 
     def _forward_mode_works(self) -> bool:
         """Whether forward-over-reverse runs on this model, tried on one sample (cheap at any size)."""
