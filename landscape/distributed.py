@@ -139,6 +139,10 @@ def default_backend() -> str:
 def _all_reduce_(tensor: Tensor, op: dist.ReduceOp.RedOpType) -> Tensor:
     if not is_distributed():
         return tensor
+    if not tensor.is_contiguous():  # the backends reduce contiguous tensors only
+        staged = tensor.contiguous()
+        _all_reduce_(staged, op)
+        return tensor.copy_(staged)
     if dist.get_backend() == "nccl" and tensor.device.type != "cuda":
         # NCCL reduces CUDA tensors only: counts, losses and flags live on the CPU
         staged = tensor.to(f"cuda:{torch.cuda.current_device()}")

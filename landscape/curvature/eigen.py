@@ -213,16 +213,38 @@ class _Basis:
     def append(self, rows: Tensor) -> None:
         """Store ``rows [r, n]`` (any dtype) after the current rows."""
         r = rows.shape[0]
+        for _, view in self._new_row_views(r):
+            k = view.shape[0]
+            view.copy_(rows[:k].to(device=self.device))
+            rows = rows[k:]
+        self.m += r
+
+    def _new_row_views(self, r: int) -> list[tuple[int, Tensor]]:
         if self.m + r > self.capacity:
             raise RuntimeError("Krylov basis is full")
         while self._allocated() < self.m + r:
             self.blocks.append(self._new_block(min(self.grow, self.capacity - self._allocated())))
-        done = 0
-        for _, view in self._row_views(self.m, self.m + r):
-            k = view.shape[0]
-            view.copy_(rows[done : done + k].to(device=self.device))
-            done += k
-        self.m += r
+        return self._row_views(self.m, self.m + r)
+
+    def append_residual(self, w: Tensor, correction: Tensor, divisor: float) -> None:
+        """Store ``(w - correction Q) / divisor`` as the next row (``w [1, n]`` float64 on the
+        basis device, read only; ``correction [1, m]``) in one sweep: the deferred second pass of
+        :meth:`project_and_subtract`, the normalisation and the conversion to the storage dtype,
+        chunk by chunk while each chunk is in cache."""
+        ((_, view),) = self._new_row_views(1)
+        target = view[0]
+        m = correction.shape[1]
+        if m == 0:
+            width, buffer = self._row_scratch()
+            with _one_thread_on_cpu(self.device):
+                for start in range(0, self.n, width):
+                    k = min(width, self.n - start)
+                    target[start : start + k].copy_(torch.div(w[0, start : start + k], divisor, out=buffer[:k]))
+        else:
+            for start, k, rows in self._chunks(m, extra=1):
+                chunk = torch.addmm(w[:, start : start + k], correction, rows, alpha=-1.0)
+                target[start : start + k].copy_(chunk.div_(divisor)[0])
+        self.m += 1
 
     def row(self, i: int) -> Tensor:
         """Row ``i`` as stored (a view)."""
@@ -298,44 +320,6 @@ class _Basis:
         width = min(chunk_numbers(self.device), self.n)
         return width, self._buffer.get(width, width, self.device)
 
-    def subtract_rows(self, W: Tensor, coefficients: np.ndarray) -> None:
-        """``W -= sum_i c_i Q[i]`` over the nonzero ``coefficients`` only (reads only those rows).
-
-        A float32 basis is converted one column chunk at a time into the reusable float64 buffer
-        and subtracted from that chunk of ``W`` while it is in cache: a whole-vector mixed-dtype
-        ``sub_`` was measured 2.4x slower (20M numbers, 2 cores)."""
-        rows = np.flatnonzero(coefficients).tolist()
-        if not rows:
-            return
-        if self.dtype == torch.float64:
-            for i in rows:
-                W.sub_(self.row(i), alpha=float(coefficients[i]))
-            return
-        width, buffer = self._row_scratch()
-        with _one_thread_on_cpu(self.device):
-            for start in range(0, self.n, width):
-                k = min(width, self.n - start)
-                chunk, Wc = buffer[:k], W[:, start : start + k]
-                for i in rows:
-                    chunk.copy_(self.row(i)[start : start + k])
-                    Wc.sub_(chunk, alpha=float(coefficients[i]))
-
-    def dot_row(self, w: Tensor, i: int) -> float:
-        """``w . Q[i]`` in float64 (``w`` float64 ``[n]``), the row converted chunk by chunk into
-        the reusable buffer."""
-        row = self.row(i)
-        if self.dtype == torch.float64:
-            return float(w @ row)
-        width, buffer = self._row_scratch()
-        total = torch.zeros((), dtype=torch.float64, device=w.device)
-        with _one_thread_on_cpu(self.device):
-            for start in range(0, self.n, width):
-                k = min(width, self.n - start)
-                chunk = buffer[:k]
-                chunk.copy_(row[start : start + k])
-                total += w[start : start + k] @ chunk
-        return float(total)
-
     def orthogonalize(self, W: Tensor) -> Tensor:
         """Classical Gram-Schmidt of ``W [b, n]`` (float64, in place) against all rows, repeated
         once when the DGKS test asks for it; returns the first pass's coefficients ``[b, m]``.
@@ -351,6 +335,33 @@ class _Basis:
         if bool((W.norm(dim=1) < _DGKS_ETA * before).any()):
             self.subtract(W, again)
         return H
+
+    def project_and_subtract(self, W: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The first pass of classical Gram-Schmidt twice (CGS2) of ``W [b, n]`` (float64, in
+        place) against all rows, and the second pass's coefficients.
+
+        Two sweeps over the basis: ``H = W Q^T``; then ``W -= H Q`` fused with ``E = W Q^T``
+        and the squared norms of ``W`` afterwards. Returns ``H [b, m]``, ``E [b, m]`` and the
+        norms of ``W - E Q`` ``[b]`` (by Pythagoras, as ``Q`` is orthonormal). The caller
+        subtracts ``E Q`` later, in a sweep it makes anyway (:meth:`append` with ``correction``),
+        or with :meth:`subtract`. Twice is enough (Giraud, Langou & Rozloznik 2005) and the
+        coefficients of both passes add up, as in ARPACK's ``dsaitr`` (Lehoucq, Sorensen & Yang
+        1998, *ARPACK Users' Guide*, Sec. 4.5)."""
+        b, m = W.shape[0], self.m
+        H = torch.zeros(b, m, dtype=torch.float64, device=W.device)
+        if m == 0:
+            return H, H.clone(), W.norm(dim=1)
+        for start, k, rows in self._chunks(m):
+            H.addmm_(W[:, start : start + k], rows.T)
+        E = torch.zeros_like(H)
+        squares = torch.zeros(b, b, dtype=torch.float64, device=W.device)
+        for start, k, rows in self._chunks(m):
+            Wc = W[:, start : start + k]
+            Wc.sub_(H @ rows)
+            E.addmm_(Wc, rows.T)
+            squares.addmm_(Wc, Wc.T)
+        norms = (squares.diagonal() - (E * E).sum(dim=1)).clamp_min(0).sqrt()
+        return H, E, norms
 
     def combine(self, S: Tensor) -> Tensor:
         """``S^T Q[:S.shape[0]]`` as float64 rows ``[k, n]`` on the basis device (Ritz vectors)."""
@@ -571,7 +582,9 @@ class _ThickRestartLanczos:
         A Q^T = Q^T T + q c^T.
 
     A step appends ``q`` to ``Q``, multiplies it by ``A``, orthogonalises the product against the
-    whole basis (classical Gram-Schmidt with the DGKS repeat) and sets ``T[m, m] = alpha``,
+    whole basis (classical Gram-Schmidt twice, the second subtraction deferred to the sweep that
+    stores the next ``q``; between steps ``q`` is held as that unnormalised residual, its
+    pending correction and ``beta``) and sets ``T[m, m] = alpha``,
     ``T[:m, m] = T[m, :m] = c``, ``c <- beta e_m``, ``q <- r / beta``. Without restarts ``T`` is
     the Lanczos tridiagonal and this is plain Lanczos with full reorthogonalisation. When the
     basis is full, ``restart(keep)`` keeps the Ritz vectors ``Q^T S_keep`` of the chosen Ritz
@@ -593,8 +606,15 @@ class _ThickRestartLanczos:
         self.storage = _storage_device(op, basis_device)
         self.basis = _Basis(self.n, capacity, basis_dtype(op), self.storage)
         self.capacity = int(capacity)
-        self.q: Tensor | None = (start / start.norm()).to(device=self.storage, dtype=torch.float64)
-        self._work: Tensor | None = None  # the float64 residual of each step (q between steps)
+        # One float64 vector for the whole run: between steps it holds the next Lanczos vector
+        # times ``_divisor`` (divided on its way into the basis), during a step the product
+        # (written straight into it) and then the residual. Writing each product into a fresh
+        # allocation re-faulted its pages every step (on the CPU, after the operator had returned
+        # the freed ones to the system): 0.3 s per product on an 85M model.
+        self._work: Tensor | None = start.reshape(1, -1).to(device=self.storage, dtype=torch.float64)
+        self._divisor = float(self._work.norm())
+        # the second Gram-Schmidt pass of the last step, subtracted when ``_work`` is stored
+        self._correction = torch.zeros(1, 0, dtype=torch.float64, device=self.storage)
         self.c = np.zeros(0)
         self.T = np.zeros((0, 0))
         self.num_products = 0
@@ -608,45 +628,46 @@ class _ThickRestartLanczos:
         return self.basis.m >= self.capacity
 
     def step(self) -> None:
-        """One Lanczos step (one product)."""
-        assert self.q is not None and not self.full and not self.breakdown
+        """One Lanczos step (one product).
+
+        The last residual, less its deferred second Gram-Schmidt pass and divided by its norm,
+        goes into the basis as ``q`` (one sweep); ``w = A q`` is written into the float64 working
+        vector; classical Gram-Schmidt twice against the whole basis, ``q`` included, removes the
+        recurrence's own terms (``alpha q`` and the couplings ``c``) together with the rounding
+        error that full reorthogonalisation exists for (two sweeps, the second pass's subtraction
+        deferred to the next store). ``alpha = q . A q`` is the sum of both passes' coefficients
+        on ``q`` (as ARPACK's ``dsaitr``) and ``beta`` the norm of the result. Three sweeps over
+        the basis and the working vector per step, where the recurrence terms and the DGKS test
+        took six."""
+        assert self._work is not None and not self.full and not self.breakdown
         m = self.basis.m
-        self.basis.append(self.q.unsqueeze(0))
-        self.q = None  # stored now: no float64 copy of it is held during the product
-        stored = self.basis.row(m)
-        product = self.op.matmat(stored.to(device=self.op.device, dtype=self.op.dtype).unsqueeze(1))
-        # the float64 residual lives in one buffer for the whole run: converting into a fresh
-        # allocation each step re-faults its pages (on the CPU, after the operator has returned
-        # the freed ones to the system)
-        if self._work is None:
-            self._work = torch.empty(1, self.n, dtype=torch.float64, device=self.storage)
         w = self._work
-        w[0].copy_(product.reshape(-1))
-        del product
+        self.basis.append_residual(w, self._correction, self._divisor)
+        stored = self.basis.row(m)
+        if self.storage == self.op.device:
+            self.op.matmat(stored.unsqueeze(1), out=w.T)
+        else:
+            w[0].copy_(self.op.matmat(stored.to(device=self.op.device).unsqueeze(1)).reshape(-1))
         self.num_products += 1
-        # the recurrence's own terms first (the coupling c to the kept or previous vectors and
-        # alpha q), reading only those rows; then full reorthogonalisation, which finds only
-        # rounding-level components left, so its DGKS repeat is rarely needed
-        alpha = self.basis.dot_row(w[0], m)
-        column = np.append(self.c, alpha)
-        self.basis.subtract_rows(w, column)
-        self.basis.orthogonalize(w)
+        H, E, norms = self.basis.project_and_subtract(w)
+        self._correction = E
+        alpha = float(H[0, m] + E[0, m])
         T = np.zeros((m + 1, m + 1))
         T[:m, :m] = self.T
         T[:m, m] = T[m, :m] = self.c
         T[m, m] = alpha
         self.T = T
         self.scale = max(self.scale, abs(alpha) + float(np.abs(self.c).sum()))
-        beta = float(w.norm())
+        beta = float(norms[0])
         self.scale = max(self.scale, beta)
         self.c = np.zeros(m + 1)
         if m + 1 >= self.n or beta <= _BREAKDOWN_RTOL * max(self.scale, torch.finfo(torch.float64).tiny):
             # an invariant subspace (or all of R^n): the Ritz values are exact eigenvalues
             self.breakdown = True
-            self.q = None
+            self._work = None
         else:
             self.c[m] = beta
-            self.q = w[0].div_(beta)  # in place: one float64 vector between products
+            self._divisor = beta  # w / beta is the next vector, divided when it is stored
 
     def ritz_pairs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Ritz values (ascending), eigenvectors ``S`` of ``T`` and residual norms ``|c . s_i|``."""
@@ -660,6 +681,9 @@ class _ThickRestartLanczos:
         """Keep the Ritz pairs ``keep`` (indices into ``theta``) and drop the rest of the basis."""
         keep = np.sort(np.asarray(keep))
         S_keep = S[:, keep]
+        if self._work is not None and self._correction.shape[1]:  # the deferred pass, on the old basis
+            self.basis.subtract(self._work, self._correction)
+            self._correction = self._correction[:, :0]
         self.basis.rotate(torch.as_tensor(S_keep, dtype=torch.float64))
         self.T = np.diag(theta[keep])
         self.c = S_keep.T @ self.c
@@ -1214,7 +1238,13 @@ def lanczos(
         start = v0.to(dtype=torch.float64, device=op.device).reshape(n, -1)
         if start.shape[1] != b:
             raise ValueError(f"v0 must have {b} column(s), got {start.shape[1]}")
-    start = torch.linalg.qr(start).Q  # orthonormal columns (a normalisation for b = 1)
+        if b == 1:
+            start = start.clone() if start.data_ptr() == v0.data_ptr() else start  # never the caller's
+    if b == 1:  # normalised when it is stored (a QR of one column cost 2.5 s at 85M)
+        if float(start.norm()) == 0.0:
+            raise ValueError("v0 must be nonzero")
+    else:
+        start = torch.linalg.qr(start).Q  # orthonormal columns
     if b == 1:
         rec: Any = _ThickRestartLanczos(op, start[:, 0], capacity=capacity, basis_device=basis_device)
     else:

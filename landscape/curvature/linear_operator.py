@@ -40,17 +40,34 @@ class LinearOperator:
     def _matmat(self, V: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def matmat(self, V: Tensor) -> Tensor:
-        """Return ``A @ V`` for ``V`` of shape ``[n, k]`` (or ``[n]``, returned as ``[n]``)."""
+    def _matmat_into(self, V: Tensor, out: Tensor) -> None:
+        """Write ``A @ V`` into ``out``; operators that can write their result in place (no
+        temporary of the product's size) override this."""
+        out.copy_(self._matmat(V))
+
+    def matmat(self, V: Tensor, out: Tensor | None = None) -> Tensor:
+        """Return ``A @ V`` for ``V`` of shape ``[n, k]`` (or ``[n]``, returned as ``[n]``).
+
+        ``out``: a tensor of ``V``'s shape on the operator's device, of any floating dtype, that
+        receives the product (returned). A Krylov method passes its float64 working vector, so
+        the product is converted while it is written, with no product-sized temporary."""
         squeeze = V.dim() == 1
         if squeeze:
             V = V.unsqueeze(1)
         if V.shape[0] != self.n:
             raise ValueError(f"operator of size {self.n} applied to vectors of size {V.shape[0]}")
         V = V.to(device=self.device, dtype=self.dtype)
-        out = self._matmat(V)
+        if out is None:
+            result = self._matmat(V)
+        else:
+            result = out.unsqueeze(1) if out.dim() == 1 else out
+            if tuple(result.shape) != tuple(V.shape) or result.device != self.device:
+                raise ValueError(
+                    f"out must have shape {tuple(V.shape)} on {self.device}, got {tuple(out.shape)} on {out.device}"
+                )
+            self._matmat_into(V, result)
         self.products += V.shape[1]
-        return out.squeeze(1) if squeeze else out
+        return result.squeeze(1) if squeeze else result
 
     def matvec(self, v: Tensor) -> Tensor:
         """Return ``A @ v`` for a single vector ``v`` of shape ``[n]``."""
@@ -139,6 +156,18 @@ class SumOperator(LinearOperator):
             del term
         assert out is not None
         return out
+
+    def _matmat_into(self, V: Tensor, out: Tensor) -> None:
+        # the first term writes into ``out`` itself (an operator that can, with no temporary)
+        for index, (c, op) in enumerate(self.terms):
+            if index == 0:
+                op.matmat(V, out=out)
+                if c != 1.0:
+                    out.mul_(c)
+            else:
+                term = op.matmat(V)
+                out.add_(term, alpha=c)
+                del term
 
 
 def as_operator(A: LinearOperator | Tensor | np.ndarray) -> LinearOperator:

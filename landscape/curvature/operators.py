@@ -71,6 +71,10 @@ _REUSE_MARGIN = 0.8
 # 1.6-1.9x a gradient against 3.4-4.5x), and timing forward-over-reverse, torch.func's first call
 # included, cost more than a whole small analysis (the tau split of the digits MLP: 2x slower).
 _TIME_ROUTES_BYTES = 256 << 20
+# ... and only on accelerators: on a CPU the retained graph won at every size measured (GPT-2
+# shapes of 0.1M-85M parameters and a ResNet-18, quiet machine: 1.5-2.0x a gradient against
+# 3.3-4.5x), and the two timed products were 6 % of lambda_max's time at 19M.
+_TIME_ROUTES_ON_CPU = False
 # Products whose output is at least this large return the allocator's free pages after them.
 _TRIM_BYTES = 64 << 20
 GGN_METHODS = ("auto", "reuse", "stream")
@@ -123,7 +127,17 @@ class _CurvatureOperator(LinearOperator):
             for start in range(0, V.shape[1], self.block_size):
                 cols = V[:, start : start + self.block_size]
                 out[:, start : start + cols.shape[1]] = self._block(cols)
-        if self.device.type == "cpu" and self.n * V.shape[1] * V.element_size() >= _TRIM_BYTES:
+        return self._finish(out)
+
+    def _matmat_into(self, V: Tensor, out: Tensor) -> None:
+        for start in range(0, V.shape[1], self.block_size):
+            stop = min(start + self.block_size, V.shape[1])
+            self._block_into(V[:, start:stop], out[:, start:stop])
+        self._finish(out)
+
+    def _finish(self, out: Tensor) -> Tensor:
+        """The summed product ``out`` (in place) as the mean over all targets of all processes."""
+        if self.device.type == "cpu" and out.numel() * self.dtype.itemsize >= _TRIM_BYTES:
             release_free_memory()  # the product's freed activations back to the system
         # this process's batches give a partial sum; the full-data sum is over all processes
         return self.problem.all_reduce_(out).div_(self.problem.num_targets)
@@ -131,6 +145,11 @@ class _CurvatureOperator(LinearOperator):
     def _block(self, V: Tensor) -> Tensor:  # pragma: no cover - abstract
         """Sum over batches of the *summed* (not averaged) product with the columns of V."""
         raise NotImplementedError
+
+    def _block_into(self, V: Tensor, out: Tensor) -> None:
+        """:meth:`_block` written into ``out`` (a view of any dtype); routes that produce the
+        product piece by piece override it to write the pieces there directly."""
+        out.copy_(self._block(V))
 
 
 class HessianOperator(_CurvatureOperator):
@@ -179,7 +198,11 @@ class HessianOperator(_CurvatureOperator):
             # timing forward-over-reverse next to the first retained graph must fit the budget too
             # (on the 85M GPT-2 body it needs 4x the graph); when it does not, the graphs stay
             timed = per_batch + forward_over_reverse_bytes(probe.bytes, self.n * outputs.element_size())
-            worth_timing = probe.bytes >= _TIME_ROUTES_BYTES and timed <= budget
+            worth_timing = (
+                probe.bytes >= _TIME_ROUTES_BYTES
+                and timed <= budget
+                and (self.device.type != "cpu" or _TIME_ROUTES_ON_CPU)
+            )
             if worth_timing and self._forward_mode_works() and self._forward_beats_reuse():
                 self._graphs, self._outputs = None, None
                 return "forward-over-reverse"
@@ -305,17 +328,29 @@ class HessianOperator(_CurvatureOperator):
         return self._block_double_backward(V)
 
     def _grad_of_grad(
-        self, leaves: dict[str, Tensor], grads: tuple[Tensor, ...], V: Tensor, retain: bool
+        self,
+        leaves: dict[str, Tensor],
+        grads: tuple[Tensor, ...],
+        V: Tensor,
+        retain: bool,
+        out: Tensor | None = None,
+        add: bool = False,
     ) -> Tensor:
+        """Backward of the gradient graph with each column of ``V``; written into (or, with
+        ``add``, added to) ``out`` tensor by tensor as the pieces come out of the backward pass."""
         names = self.problem.param_names
-        out = torch.empty_like(V)
+        if out is None:
+            out = torch.empty_like(V)
         for j in range(V.shape[1]):
             vdict = self.problem.unflatten(V[:, j])
             keep = retain or j < V.shape[1] - 1
             hv = torch.autograd.grad(
                 grads, [leaves[n] for n in names], [vdict[n] for n in names], retain_graph=keep
             )
-            _write_flat(out[:, j], hv)
+            if add:
+                _add_flat(out[:, j].unsqueeze(0), [h.unsqueeze(0) for h in hv])
+            else:
+                _write_flat(out[:, j], hv)
             del hv
         return out
 
@@ -328,6 +363,14 @@ class HessianOperator(_CurvatureOperator):
             del part
         assert total is not None
         return total
+
+    def _block_into(self, V: Tensor, out: Tensor) -> None:
+        if self.method != "reuse":
+            out.copy_(self._block(V))
+            return
+        assert self._graphs is not None
+        for index, (leaves, grads) in enumerate(self._graphs):
+            self._grad_of_grad(leaves, grads, V, retain=True, out=out, add=index > 0)
 
     def _block_double_backward(self, V: Tensor, batches: list[Batch] | None = None) -> Tensor:
         total = torch.zeros_like(V)
