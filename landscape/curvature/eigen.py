@@ -239,7 +239,9 @@ class _Basis:
             with _one_thread_on_cpu(self.device):
                 for start in range(0, self.n, width):
                     k = min(width, self.n - start)
-                    target[start : start + k].copy_(torch.div(w[0, start : start + k], divisor, out=buffer[:k]))
+                    target[start : start + k].copy_(
+                        torch.div(w[0, start : start + k], divisor, out=buffer[:k])
+                    )
         else:
             for start, k, rows in self._chunks(m, extra=1):
                 chunk = torch.addmm(w[:, start : start + k], correction, rows, alpha=-1.0)
