@@ -233,19 +233,9 @@ class _Basis:
         chunk by chunk while each chunk is in cache."""
         ((_, view),) = self._new_row_views(1)
         target = view[0]
-        m = correction.shape[1]
-        if m == 0:
-            width, buffer = self._row_scratch()
-            with _one_thread_on_cpu(self.device):
-                for start in range(0, self.n, width):
-                    k = min(width, self.n - start)
-                    target[start : start + k].copy_(
-                        torch.div(w[0, start : start + k], divisor, out=buffer[:k])
-                    )
-        else:
-            for start, k, rows in self._chunks(m, extra=1):
-                chunk = torch.addmm(w[:, start : start + k], correction, rows, alpha=-1.0)
-                target[start : start + k].copy_(chunk.div_(divisor)[0])
+        for start, k, rows in self._chunks(correction.shape[1], extra=1):
+            chunk = torch.addmm(w[:, start : start + k], correction, rows, alpha=-1.0)
+            target[start : start + k].copy_(chunk.div_(divisor)[0])
         self.m += 1
 
     def row(self, i: int) -> Tensor:
@@ -317,11 +307,6 @@ class _Basis:
                 after.addmm_(Wc, rows.T)
         return after
 
-    def _row_scratch(self) -> tuple[int, Tensor]:
-        """Columns per chunk and the reusable float64 buffer that holds one row's chunk."""
-        width = min(chunk_numbers(self.device), self.n)
-        return width, self._buffer.get(width, width, self.device)
-
     def orthogonalize(self, W: Tensor) -> Tensor:
         """Classical Gram-Schmidt of ``W [b, n]`` (float64, in place) against all rows, repeated
         once when the DGKS test asks for it; returns the first pass's coefficients ``[b, m]``.
@@ -345,16 +330,14 @@ class _Basis:
         Two sweeps over the basis: ``H = W Q^T``; then ``W -= H Q`` fused with ``E = W Q^T``
         and the squared norms of ``W`` afterwards. Returns ``H [b, m]``, ``E [b, m]`` and the
         norms of ``W - E Q`` ``[b]`` (by Pythagoras, as ``Q`` is orthonormal). The caller
-        subtracts ``E Q`` later, in a sweep it makes anyway (:meth:`append` with ``correction``),
+        subtracts ``E Q`` later, in a sweep it makes anyway (:meth:`append_residual`),
         or with :meth:`subtract`. Twice is enough (Giraud, Langou & Rozloznik 2005) and the
         coefficients of both passes add up, as in ARPACK's ``dsaitr`` (Lehoucq, Sorensen & Yang
         1998, *ARPACK Users' Guide*, Sec. 4.5)."""
         b, m = W.shape[0], self.m
-        H = torch.zeros(b, m, dtype=torch.float64, device=W.device)
+        H = self.project(W)
         if m == 0:
             return H, H.clone(), W.norm(dim=1)
-        for start, k, rows in self._chunks(m):
-            H.addmm_(W[:, start : start + k], rows.T)
         E = torch.zeros_like(H)
         squares = torch.zeros(b, b, dtype=torch.float64, device=W.device)
         for start, k, rows in self._chunks(m):
@@ -1240,9 +1223,9 @@ def lanczos(
         start = v0.to(dtype=torch.float64, device=op.device).reshape(n, -1)
         if start.shape[1] != b:
             raise ValueError(f"v0 must have {b} column(s), got {start.shape[1]}")
-        if b == 1:
-            start = start.clone() if start.data_ptr() == v0.data_ptr() else start  # never the caller's
     if b == 1:  # normalised when it is stored (a QR of one column cost 2.5 s at 85M)
+        if v0 is not None and start.data_ptr() == v0.data_ptr():
+            start = start.clone()  # the recurrence writes into its start vector: never the caller's
         if float(start.norm()) == 0.0:
             raise ValueError("v0 must be nonzero")
     else:

@@ -122,12 +122,10 @@ class _CurvatureOperator(LinearOperator):
             out = self._block(V)
             if not out.is_contiguous():
                 out = out.contiguous()
-        else:
-            out = torch.zeros_like(V)
-            for start in range(0, V.shape[1], self.block_size):
-                cols = V[:, start : start + self.block_size]
-                out[:, start : start + cols.shape[1]] = self._block(cols)
-        return self._finish(out)
+            return self._finish(out)
+        out = torch.empty_like(V)
+        self._matmat_into(V, out)
+        return out
 
     def _matmat_into(self, V: Tensor, out: Tensor) -> None:
         for start in range(0, V.shape[1], self.block_size):
@@ -358,23 +356,20 @@ class HessianOperator(_CurvatureOperator):
             del hv
         return out
 
-    def _block_reuse(self, V: Tensor) -> Tensor:
+    def _block_reuse(self, V: Tensor, out: Tensor | None = None) -> Tensor:
+        """Through the retained graphs: the first chunk's product written into ``out``, each
+        later chunk's added to it piece by piece."""
         assert self._graphs is not None
-        total: Tensor | None = None
-        for leaves, grads in self._graphs:
-            part = self._grad_of_grad(leaves, grads, V, retain=True)
-            total = part if total is None else total.add_(part)
-            del part
-        assert total is not None
-        return total
-
-    def _block_into(self, V: Tensor, out: Tensor) -> None:
-        if self.method != "reuse":
-            out.copy_(self._block(V))
-            return
-        assert self._graphs is not None
+        out = torch.empty_like(V) if out is None else out
         for index, (leaves, grads) in enumerate(self._graphs):
             self._grad_of_grad(leaves, grads, V, retain=True, out=out, add=index > 0)
+        return out
+
+    def _block_into(self, V: Tensor, out: Tensor) -> None:
+        if self.method == "reuse":
+            self._block_reuse(V, out)
+        else:
+            out.copy_(self._block(V))
 
     def _block_double_backward(self, V: Tensor, batches: list[Batch] | None = None) -> Tensor:
         total = torch.zeros_like(V)
