@@ -211,6 +211,16 @@ def test_products_written_into_out_match_the_dense_hessian(case, batch_size):
         HessianOperator(problem).matmat(V, out=torch.empty_like(V[:, :2]))
 
 
+def test_out_on_an_indexed_device_matches_an_operator_on_the_unindexed_one():
+    """A tensor reports ``mps:0``/``cuda:0`` where an operator may hold ``mps``/``cuda``."""
+    from landscape.curvature.linear_operator import same_device
+
+    d = torch.device
+    assert same_device(d("mps", 0), d("mps")) and same_device(d("cuda"), d("cuda", 1))
+    assert same_device(d("cuda", 0), d("cuda", 0)) and same_device(d("cpu"), d("cpu"))
+    assert not same_device(d("cuda", 0), d("cuda", 1)) and not same_device(d("cuda", 0), d("cpu"))
+
+
 def test_sums_of_operators_add_in_place_and_leave_their_input_alone():
     """A sum scales and adds into its first term's product; an operator that returns its input
     (the identity) must not see that input changed."""

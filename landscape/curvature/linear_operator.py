@@ -18,6 +18,12 @@ import torch
 from torch import Tensor
 
 
+def same_device(a: torch.device, b: torch.device) -> bool:
+    """Whether two devices are the same, an unindexed one (``cuda``, ``mps``) matching any index
+    of its type: a tensor reports ``mps:0`` or ``cuda:0`` where an operator may hold ``mps``."""
+    return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
+
+
 class LinearOperator:
     """A square linear map on R^n applied to blocks of column vectors.
 
@@ -61,7 +67,7 @@ class LinearOperator:
             result = self._matmat(V)
         else:
             result = out.unsqueeze(1) if out.dim() == 1 else out
-            if tuple(result.shape) != tuple(V.shape) or result.device != self.device:
+            if tuple(result.shape) != tuple(V.shape) or not same_device(result.device, self.device):
                 raise ValueError(
                     f"out must have shape {tuple(V.shape)} on {self.device}, got {tuple(out.shape)} on {out.device}"
                 )
